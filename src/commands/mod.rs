@@ -1,0 +1,3 @@
+//! One file per subcommand; `main.rs` parses the command line and hands over to one of these.
+
+pub mod devices;

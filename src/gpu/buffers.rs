@@ -1,0 +1,127 @@
+//! Storage buffers: allocation checked against the adapter's limits, upload, and readback.
+//! Readback is for tests, evaluation and checkpoints, never for the training step itself.
+
+use super::Gpu;
+use anyhow::{Result, anyhow, bail};
+
+pub use wgpu::BufferUsages as Usage;
+
+/// A storage buffer with the label that error messages use to name it.
+#[derive(Clone, Debug)]
+pub struct GpuBuffer {
+    pub buffer: wgpu::Buffer,
+    pub label: String,
+    /// Size in bytes.
+    pub size: u64,
+    pub usage: Usage,
+}
+
+impl GpuBuffer {
+    /// Number of 4-byte elements.
+    pub fn len(&self) -> usize {
+        (self.size / 4) as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+/// What the limits check names when a buffer is too large: the knob a user turns to shrink it.
+pub const SIZE_HINT: &str =
+    "lower training.batchsize (or --batch), physical.L, or model.hidden_sizes";
+
+impl Gpu {
+    /// A zero-filled f32/u32 storage buffer of `len` elements, copyable both ways.
+    /// Fails with a message naming the adapter limit when it is too large to bind.
+    pub fn storage(&self, label: &str, len: usize) -> Result<GpuBuffer> {
+        let size = (len.max(1) * 4) as u64;
+        let bind_max = self.limits.max_storage_buffer_binding_size;
+        if size > bind_max || size > self.limits.max_buffer_size {
+            bail!(
+                "buffer {label:?} needs {} MiB, over this adapter's \
+                 max_storage_buffer_binding_size = {} MiB ({}); {SIZE_HINT}",
+                size >> 20,
+                bind_max.min(self.limits.max_buffer_size) >> 20,
+                self.info.name
+            );
+        }
+        let usage = Usage::STORAGE | Usage::COPY_SRC | Usage::COPY_DST;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuffer {
+            buffer,
+            label: label.to_string(),
+            size,
+            usage,
+        })
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<GpuBuffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let b = self.storage(label, bytes.len().div_ceil(4))?;
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&b.buffer, 0, bytes);
+        }
+        Ok(b)
+    }
+
+    /// Overwrite the start of `buf` with `data` (staged into the next submit).
+    pub fn write<T: bytemuck::Pod>(&self, buf: &GpuBuffer, data: &[T]) {
+        self.queue
+            .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
+    }
+
+    /// Copy a buffer back to the host and wait for it. Not for hot loops.
+    pub fn read<T: bytemuck::Pod>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
+        self.read_range(buf, 0, buf.size)
+    }
+
+    /// Copy `size` bytes from `offset` of `buf` back to the host.
+    pub fn read_range<T: bytemuck::Pod>(
+        &self,
+        buf: &GpuBuffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<T>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: Usage::MAP_READ | Usage::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(&buf.buffer, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        map_and_copy(self, &staging)
+    }
+}
+
+/// Map a MAP_READ buffer, wait for it, and copy it out.
+pub fn map_and_copy<T: bytemuck::Pod>(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+    let slice = staging.slice(..);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|_| anyhow!("the GPU never answered a readback"))?
+        .map_err(|e| anyhow!("reading a buffer back from the GPU failed: {e}"))?;
+    let out = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow!("mapping a readback buffer failed: {e:?}"))?;
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(out)
+}

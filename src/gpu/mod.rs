@@ -1,0 +1,505 @@
+//! The GPU runtime: adapter selection, the device, buffers, the shader and pipeline registry,
+//! and the `Dispatch` record that every kernel launcher produces.
+//!
+//! Everything here is built once: pipelines are cached by (shader, entry point, constants),
+//! bind groups and their uniform blocks are made when a launcher is planned, and a training step
+//! only records already-built dispatches into one command encoder.
+
+pub mod buffers;
+pub mod shaders;
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use buffers::{GpuBuffer, Usage};
+pub use shaders::{Bind, KernelSpec, Shader};
+
+/// What the user asked for when choosing an adapter.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    /// Case-insensitive substring of the adapter name (`--adapter`, or `WGPU_ADAPTER_NAME`).
+    pub name: Option<String>,
+    /// GomalizingFlow's `device_id`: N >= 0 the N-th adapter in `devices` order, -1 the software one.
+    pub device_id: Option<i64>,
+}
+
+impl AdapterChoice {
+    /// `--adapter` wins over `WGPU_ADAPTER_NAME`, which wins over the config's `device_id`.
+    pub fn new(flag: Option<&str>, device_id: Option<i64>) -> Self {
+        let env = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|s| !s.is_empty());
+        AdapterChoice {
+            name: flag.map(str::to_string).or(env),
+            device_id,
+        }
+    }
+}
+
+/// One adapter as `gomaflow-wgpu devices` shows it.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+impl AdapterReport {
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+/// How to get an adapter on a machine that has none: the message every "no adapter" error ends with.
+pub const NO_ADAPTER_HELP: &str = "wgpu found no usable Vulkan, Metal, DX12 or OpenGL adapter.\n\
+     On Linux without a GPU, install Mesa's software Vulkan driver (lavapipe):\n    \
+     sudo apt-get install -y mesa-vulkan-drivers libvulkan1\n\
+     then check with `gomaflow-wgpu devices`.";
+
+fn instance() -> wgpu::Instance {
+    // Backends and flags may be narrowed by WGPU_BACKEND etc.; no window is ever involved.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Rank adapters so that index 0 is the one a user most likely wants: real GPUs on the native
+/// APIs first, software last. `device_id = N` indexes this order, so it is stable across runs.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (backend, ty)
+}
+
+/// Every adapter wgpu can see that can run compute shaders, in `device_id` order.
+fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut adapters: Vec<wgpu::Adapter> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .collect();
+    adapters.sort_by_key(|a| rank(&a.get_info()));
+    adapters
+}
+
+/// The adapters `gomaflow-wgpu devices` lists.
+pub fn list_adapters() -> Vec<AdapterReport> {
+    let instance = instance();
+    sorted_adapters(&instance)
+        .iter()
+        .enumerate()
+        .map(|(index, a)| AdapterReport {
+            index,
+            info: a.get_info(),
+            limits: a.limits(),
+            features: a.features(),
+        })
+        .collect()
+}
+
+fn pick_adapter(instance: &wgpu::Instance, choice: &AdapterChoice) -> Result<wgpu::Adapter> {
+    let adapters = sorted_adapters(instance);
+    if adapters.is_empty() {
+        bail!("{NO_ADAPTER_HELP}");
+    }
+    let names = || {
+        adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let info = a.get_info();
+                format!(
+                    "  [{i}] {} ({:?}, {:?})",
+                    info.name, info.backend, info.device_type
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if let Some(name) = &choice.name {
+        let needle = name.to_lowercase();
+        return adapters
+            .iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "no adapter's name contains {name:?} (from --adapter or WGPU_ADAPTER_NAME); \
+                     the adapters are:\n{}",
+                    names()
+                )
+            });
+    }
+    match choice.device_id {
+        None => Ok(adapters[0].clone()),
+        Some(-1) => adapters
+            .iter()
+            .find(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "device_id = -1 asks for the software adapter, but none was found; the \
+                     adapters are:\n{}\nInstall one with: sudo apt-get install -y \
+                     mesa-vulkan-drivers libvulkan1",
+                    names()
+                )
+            }),
+        Some(n) if n >= 0 && (n as usize) < adapters.len() => Ok(adapters[n as usize].clone()),
+        Some(n) => bail!(
+            "device_id = {n} names no adapter: accepted are -1 (the software adapter) or 0..{} \
+             (the order of `gomaflow-wgpu devices`):\n{}",
+            adapters.len() - 1,
+            names()
+        ),
+    }
+}
+
+/// A compiled pipeline and the explicit bind-group layout it was built with.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub label: String,
+}
+
+/// The device and everything built on it once.
+pub struct Gpu {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Pipeline>>,
+    /// The first uncaptured wgpu error (validation, out of memory, device lost), reported by
+    /// `check` as an error instead of wgpu's default panic.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Open the chosen adapter with WebGPU's default limits, raised only where the adapter allows
+    /// more and this tool needs it (large buffers for large lattices and batches).
+    pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        let instance = instance();
+        let adapter = pick_adapter(&instance, choice)?;
+        let info = adapter.get_info();
+        let alimits = adapter.limits();
+        let base = wgpu::Limits::default();
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: alimits.max_storage_buffer_binding_size,
+            max_buffer_size: alimits.max_buffer_size,
+            ..base
+        };
+        // Timestamps only serve `bench`; request them where the adapter has them.
+        let features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gomaflow"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| {
+            format!(
+                "could not open adapter {:?} ({:?}) with WebGPU's default limits",
+                info.name, info.backend
+            )
+        })?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let sink = error.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                let mut slot = sink.lock().unwrap();
+                if slot.is_none() {
+                    *slot = Some(format!("the GPU device was lost ({reason:?}): {msg}"));
+                }
+            }
+        });
+        Ok(Gpu {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            error,
+        })
+    }
+
+    /// A one-line description for logs: name, backend, type, driver.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info
+        )
+    }
+
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Turn any uncaptured wgpu error into an `Err` (call after submits and at plan time).
+    pub fn check(&self) -> Result<()> {
+        if let Some(e) = self.error.lock().unwrap().take() {
+            bail!("GPU error on {}: {e}", self.info.name);
+        }
+        Ok(())
+    }
+
+    /// Block until the queue is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+        self.check()
+    }
+
+    /// The pipeline for `spec`, compiled on first use and cached for the life of the device.
+    pub fn pipeline(&self, spec: &KernelSpec) -> Result<Pipeline> {
+        let key = spec.key();
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let source = spec.source()?;
+        // wgpu leaves the workgroup-memory limit to us: check it before the driver sees it.
+        let (module, info) = shaders::validate(&source, &key)?;
+        let wg_bytes = shaders::workgroup_bytes(&module, &info, spec.entry);
+        if wg_bytes > self.limits.max_compute_workgroup_storage_size {
+            bail!(
+                "kernel {key} needs {wg_bytes} bytes of workgroup memory, over the limit of {}",
+                self.limits.max_compute_workgroup_storage_size
+            );
+        }
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+            .binds
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match b {
+                    Bind::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: matches!(b, Bind::Read),
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&key),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&key),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        // Every index in our shaders is bounded by construction (tables built on the CPU, sizes
+        // checked at plan time), and bounds checks cost software drivers a branch per access.
+        let module = unsafe {
+            self.device.create_shader_module_trusted(
+                wgpu::ShaderModuleDescriptor {
+                    label: Some(&key),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                },
+                wgpu::ShaderRuntimeChecks::unchecked(),
+            )
+        };
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("building pipeline {key} failed: {e}");
+        }
+        let p = Pipeline {
+            pipeline,
+            layout,
+            label: key.clone(),
+        };
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Build a dispatch once: pipeline, uniform block and bind group. `uniform` is the kernel's
+    /// parameter block (for the spec's `Bind::Uniform` binding), `buffers` the storage buffers in
+    /// the order the spec declares them.
+    pub fn dispatch(
+        &self,
+        spec: &KernelSpec,
+        uniform: Option<&[u8]>,
+        buffers: &[&GpuBuffer],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let pipeline = self.pipeline(spec)?;
+        let uniform_binding = spec
+            .binds
+            .iter()
+            .find(|(_, b)| *b == Bind::Uniform)
+            .map(|(n, _)| *n);
+        if uniform_binding.is_some() != uniform.is_some() {
+            bail!(
+                "kernel {}: uniform block and declaration disagree",
+                spec.key()
+            );
+        }
+        let storage: Vec<(u32, Bind)> = spec
+            .binds
+            .iter()
+            .copied()
+            .filter(|(_, b)| *b != Bind::Uniform)
+            .collect();
+        let n_storage = storage.len();
+        if buffers.len() != n_storage {
+            bail!(
+                "kernel {} takes {n_storage} storage buffers, given {}",
+                spec.key(),
+                buffers.len()
+            );
+        }
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max_groups) {
+            bail!(
+                "kernel {} needs {groups:?} workgroups, over the adapter's \
+                 max_compute_workgroups_per_dimension = {max_groups}",
+                spec.key()
+            );
+        }
+        let uniform_buf = uniform.map(|bytes| {
+            // Uniform blocks are padded to 16 bytes as WGSL's uniform layout expects.
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(16) * 16, 0);
+            use wgpu::util::DeviceExt;
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(&pipeline.label),
+                    contents: &padded,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                })
+        });
+        let mut entries = Vec::with_capacity(spec.binds.len());
+        if let (Some(u), Some(binding)) = (&uniform_buf, uniform_binding) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: u.as_entire_binding(),
+            });
+        }
+        for (b, (binding, _)) in buffers.iter().zip(&storage) {
+            if !b.usage.contains(Usage::STORAGE) {
+                bail!("buffer {} is not a storage buffer", b.label);
+            }
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&pipeline.label),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        Ok(Dispatch {
+            pipeline: pipeline.pipeline,
+            bind_group,
+            uniform: uniform_buf,
+            groups,
+            label: pipeline.label,
+        })
+    }
+
+    /// Record `dispatches` into one compute pass of a fresh encoder, submit, and wait.
+    /// For tests and one-off work; the training loop records its own encoder.
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.wait()
+    }
+}
+
+/// One kernel launch, fully prepared: recording it costs two bind calls and a dispatch.
+#[derive(Clone)]
+pub struct Dispatch {
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    /// The uniform block, kept so that launchers can rewrite it (e.g. a learning rate per epoch).
+    pub uniform: Option<wgpu::Buffer>,
+    pub groups: [u32; 3],
+    pub label: String,
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+    }
+
+    /// Overwrite the uniform block (staged into the next submit by wgpu).
+    pub fn write_uniform(&self, queue: &wgpu::Queue, bytes: &[u8]) {
+        if let Some(u) = &self.uniform {
+            queue.write_buffer(u, 0, bytes);
+        }
+    }
+}
+
+/// Workgroups needed to cover `n` items with `per_group` items each.
+pub fn groups_for(n: usize, per_group: usize) -> u32 {
+    n.div_ceil(per_group).max(1) as u32
+}

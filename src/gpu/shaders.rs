@@ -1,0 +1,180 @@
+//! The shader registry: every WGSL family of `shaders/`, compiled into the binary, and their
+//! specialisation. A family is `common.wgsl` followed by the family's file; a kernel is an entry
+//! point of it with some `const` lines rewritten (channel counts, taps, activation, workgroup
+//! size), so loops have compile-time bounds and accumulators live in registers.
+
+use anyhow::{Result, bail};
+
+/// The shared prelude: activations and the Philox generator.
+pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// One WGSL file of `shaders/`, named as its launcher in `src/kernels/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Conv,
+    Coupling,
+    Action,
+    Prior,
+    Reduce,
+    Adam,
+}
+
+impl Shader {
+    pub const ALL: [Shader; 6] = [
+        Shader::Conv,
+        Shader::Coupling,
+        Shader::Action,
+        Shader::Prior,
+        Shader::Reduce,
+        Shader::Adam,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shader::Conv => "conv",
+            Shader::Coupling => "coupling",
+            Shader::Action => "action",
+            Shader::Prior => "prior",
+            Shader::Reduce => "reduce",
+            Shader::Adam => "adam",
+        }
+    }
+
+    /// The file's own text (without the prelude).
+    pub fn file(self) -> &'static str {
+        match self {
+            Shader::Conv => include_str!("../../shaders/conv.wgsl"),
+            Shader::Coupling => include_str!("../../shaders/coupling.wgsl"),
+            Shader::Action => include_str!("../../shaders/action.wgsl"),
+            Shader::Prior => include_str!("../../shaders/prior.wgsl"),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Shader::Adam => include_str!("../../shaders/adam.wgsl"),
+        }
+    }
+
+    /// The compilable source with `consts` substituted: each `(NAME, value)` replaces the line
+    /// `const NAME: u32 = ...;` of the file. Naming a constant the file lacks is an error.
+    pub fn source(self, consts: &[(&str, u32)]) -> Result<String> {
+        let mut out = String::with_capacity(COMMON.len() + self.file().len() + 64);
+        out.push_str(COMMON);
+        out.push('\n');
+        let mut found = vec![false; consts.len()];
+        for line in self.file().lines() {
+            let mut replaced = false;
+            if let Some(rest) = line.strip_prefix("const ") {
+                for (i, (name, value)) in consts.iter().enumerate() {
+                    if rest
+                        .strip_prefix(name)
+                        .is_some_and(|r| r.starts_with(": u32 ="))
+                    {
+                        out.push_str(&format!("const {name}: u32 = {value}u;"));
+                        found[i] = true;
+                        replaced = true;
+                        break;
+                    }
+                }
+            }
+            if !replaced {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        if let Some(i) = found.iter().position(|f| !f) {
+            bail!(
+                "shader {}.wgsl has no constant {} to specialise",
+                self.name(),
+                consts[i].0
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// How a kernel uses one binding; the bind-group layout is built from these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bind {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// One kernel: a family, an entry point, its constants and its bindings in `@binding` order
+/// (only those the entry point uses; each is `(binding number, use)`).
+#[derive(Clone, Debug)]
+pub struct KernelSpec {
+    pub shader: Shader,
+    pub entry: &'static str,
+    pub consts: Vec<(&'static str, u32)>,
+    pub binds: Vec<(u32, Bind)>,
+}
+
+impl KernelSpec {
+    pub fn new(shader: Shader, entry: &'static str) -> Self {
+        KernelSpec {
+            shader,
+            entry,
+            consts: Vec::new(),
+            binds: Vec::new(),
+        }
+    }
+
+    /// Set a specialisation constant (builder style).
+    pub fn with(mut self, name: &'static str, value: u32) -> Self {
+        self.consts.push((name, value));
+        self
+    }
+
+    /// Declare the next binding (builder style).
+    pub fn bind(mut self, binding: u32, use_: Bind) -> Self {
+        self.binds.push((binding, use_));
+        self
+    }
+
+    /// The cache key and label, e.g. `conv.forward[CIN=1,COUT=8,TAPS=9]`.
+    pub fn key(&self) -> String {
+        let consts: Vec<String> = self
+            .consts
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        format!(
+            "{}.{}[{}]",
+            self.shader.name(),
+            self.entry,
+            consts.join(",")
+        )
+    }
+
+    pub fn source(&self) -> Result<String> {
+        self.shader.source(&self.consts)
+    }
+}
+
+/// Parse and validate WGSL with naga (the compiler wgpu itself uses), returning the module and
+/// its analysis. Errors carry naga's annotated message.
+pub fn validate(source: &str, name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
+    Ok((module, info))
+}
+
+/// Bytes of workgroup memory that entry point `entry` uses. wgpu does not check this against the
+/// adapter's limit (16 KiB by default), so the registry does.
+pub fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str) -> u32 {
+    let Some(index) = module.entry_points.iter().position(|e| e.name == entry) else {
+        return 0;
+    };
+    let uses = info.get_entry_point(index);
+    module
+        .global_variables
+        .iter()
+        .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+        .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
+        .sum()
+}

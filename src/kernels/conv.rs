@@ -1,0 +1,338 @@
+//! Periodic convolution (`shaders/conv.wgsl`): forward with fused bias and activation, backward
+//! to the input (with a fused epilogue), backward to weights and bias (two deterministic stages).
+
+use super::{Act, LatticeBuffers};
+use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
+use anyhow::{Result, bail};
+
+/// Threads per workgroup of the site-parallel entry points.
+const WG: u32 = 64;
+
+/// Sizes of one convolution layer applied to a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvDims {
+    pub batch: usize,
+    pub volume: usize,
+    /// k^Nd.
+    pub taps: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+impl ConvDims {
+    /// Weights without the bias: COUT * CIN * TAPS.
+    pub fn n_kernel(&self) -> usize {
+        self.cout * self.cin * self.taps
+    }
+    /// Weights and bias: the layer's slice of the flat parameter buffer.
+    pub fn n_params(&self) -> usize {
+        self.n_kernel() + self.cout
+    }
+    /// Multiply-adds of the forward pass.
+    pub fn macs(&self) -> usize {
+        self.batch * self.volume * self.n_kernel()
+    }
+}
+
+/// What `backward_input` does with the gradient it computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputGrad {
+    /// gx = dL/dx.
+    Write,
+    /// gx = dL/dx * act'(x): the pre-activation gradient of the layer that produced x.
+    TimesActGrad(Act),
+    /// gx += mask * dL/dx, for the first convolution of a coupling, whose input is mask * x.
+    AddMasked,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    pub dims: ConvDims,
+    pub act: Act,
+    /// The input is masked by the coupling's checkerboard of `parity`.
+    pub in_mask: bool,
+    pub parity: u32,
+    /// Offset of the weights (then the bias) in the flat parameter and gradient buffers.
+    pub w_off: usize,
+    pub input_grad: InputGrad,
+    /// Samples per chunk of the weight-gradient reduction.
+    pub chunk: usize,
+}
+
+impl ConvSpec {
+    pub fn n_chunks(&self) -> usize {
+        self.dims.batch.div_ceil(self.chunk)
+    }
+    /// Length of the scratch buffer of weight-gradient partial sums.
+    pub fn partial_len(&self) -> usize {
+        self.n_chunks() * self.dims.n_params()
+    }
+    /// A chunk size that gives a GPU enough threads (about 16k) while keeping each thread's
+    /// sum long enough to amortise it; on a CPU adapter fewer, longer chunks are cheaper.
+    pub fn default_chunk(dims: &ConvDims, software: bool) -> usize {
+        let target_threads: usize = if software { 1024 } else { 16384 };
+        let chunks = target_threads
+            .div_ceil(dims.n_params())
+            .clamp(1, dims.batch);
+        dims.batch.div_ceil(chunks)
+    }
+}
+
+/// The buffers one convolution reads and writes. `x` is its input as the forward saw it
+/// (unmasked: masking is fused), `y` its activated output, `gy` the gradient of its
+/// pre-activation output, `gx` the gradient of its input.
+pub struct ConvBuffers<'a> {
+    pub lattice: &'a LatticeBuffers,
+    pub params: &'a GpuBuffer,
+    pub grads: &'a GpuBuffer,
+    pub x: &'a GpuBuffer,
+    pub y: &'a GpuBuffer,
+    pub gy: &'a GpuBuffer,
+    pub gx: &'a GpuBuffer,
+    pub partial: &'a GpuBuffer,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    volume: u32,
+    w_off: u32,
+    parity: u32,
+    chunk: u32,
+    n_weights: u32,
+    n_chunks: u32,
+    _pad: u32,
+}
+
+/// The four dispatches of one convolution layer.
+pub struct Conv {
+    pub spec: ConvSpec,
+    pub forward: Dispatch,
+    pub backward_input: Dispatch,
+    pub backward_weight: Dispatch,
+    pub reduce_weight: Dispatch,
+}
+
+impl Conv {
+    pub fn new(gpu: &Gpu, spec: ConvSpec, b: &ConvBuffers) -> Result<Conv> {
+        let d = spec.dims;
+        if d.taps != b.lattice.taps() || d.volume != b.lattice.lattice.volume() {
+            bail!("convolution {d:?} does not match the lattice tables");
+        }
+        if matches!(spec.input_grad, InputGrad::AddMasked) && d.cin != 1 {
+            bail!("InputGrad::AddMasked needs a single input channel");
+        }
+        let need = |buf: &GpuBuffer, n: usize| -> Result<()> {
+            if buf.len() < n {
+                bail!("buffer {} has {} elements, needs {n}", buf.label, buf.len());
+            }
+            Ok(())
+        };
+        need(b.params, spec.w_off + d.n_params())?;
+        need(b.grads, spec.w_off + d.n_params())?;
+        need(b.x, d.batch * d.cin * d.volume)?;
+        need(b.gx, d.batch * d.cin * d.volume)?;
+        need(b.y, d.batch * d.cout * d.volume)?;
+        need(b.gy, d.batch * d.cout * d.volume)?;
+        need(b.partial, spec.partial_len())?;
+
+        let (mode, act_in) = match spec.input_grad {
+            InputGrad::Write => (0, Act::None),
+            InputGrad::TimesActGrad(a) => (1, a),
+            InputGrad::AddMasked => (2, Act::None),
+        };
+        let base = |entry| {
+            KernelSpec::new(Shader::Conv, entry)
+                .with("CIN", d.cin as u32)
+                .with("COUT", d.cout as u32)
+                .with("TAPS", d.taps as u32)
+                .with("WG", WG)
+                .bind(0, Bind::Uniform)
+        };
+        let uniform = Params {
+            batch: d.batch as u32,
+            volume: d.volume as u32,
+            w_off: spec.w_off as u32,
+            parity: spec.parity,
+            chunk: spec.chunk as u32,
+            n_weights: d.n_params() as u32,
+            n_chunks: spec.n_chunks() as u32,
+            _pad: 0,
+        };
+        let u = Some(bytemuck::bytes_of(&uniform));
+        let site_groups = [groups_for(d.volume, WG as usize), d.batch as u32, 1];
+        let l = b.lattice;
+
+        let fwd = base("forward")
+            .with("ACT", spec.act.code())
+            .with("IN_MASK", spec.in_mask as u32)
+            .bind(1, Bind::Read)
+            .bind(2, Bind::Read)
+            .bind(3, Bind::Read)
+            .bind(4, Bind::Read)
+            .bind(5, Bind::ReadWrite);
+        let forward = gpu.dispatch(
+            &fwd,
+            u,
+            &[b.params, &l.nbr, &l.parity, b.x, b.y],
+            site_groups,
+        )?;
+
+        let bin = base("backward_input")
+            .with("MODE", mode)
+            .with("ACT_IN", act_in.code())
+            .bind(1, Bind::Read)
+            .bind(2, Bind::Read)
+            .bind(3, Bind::Read)
+            .bind(4, Bind::Read)
+            .bind(6, Bind::Read)
+            .bind(7, Bind::ReadWrite);
+        let backward_input = gpu.dispatch(
+            &bin,
+            u,
+            &[b.params, &l.nbr, &l.parity, b.x, b.gy, b.gx],
+            site_groups,
+        )?;
+
+        let bw = base("backward_weight")
+            .with("IN_MASK", spec.in_mask as u32)
+            .bind(2, Bind::Read)
+            .bind(3, Bind::Read)
+            .bind(4, Bind::Read)
+            .bind(6, Bind::Read)
+            .bind(8, Bind::ReadWrite);
+        let backward_weight = gpu.dispatch(
+            &bw,
+            u,
+            &[&l.nbr, &l.parity, b.x, b.gy, b.partial],
+            [
+                groups_for(d.n_params(), WG as usize),
+                spec.n_chunks() as u32,
+                1,
+            ],
+        )?;
+
+        let rw = base("reduce_weight")
+            .bind(8, Bind::ReadWrite)
+            .bind(9, Bind::ReadWrite);
+        let reduce_weight = gpu.dispatch(
+            &rw,
+            u,
+            &[b.partial, b.grads],
+            [groups_for(d.n_params(), WG as usize), 1, 1],
+        )?;
+        Ok(Conv {
+            spec,
+            forward,
+            backward_input,
+            backward_weight,
+            reduce_weight,
+        })
+    }
+
+    /// The backward dispatches in order: weights first (they read gy before anything else
+    /// could be written over it), then the input gradient.
+    pub fn backward(&self) -> [&Dispatch; 3] {
+        [
+            &self.backward_weight,
+            &self.reduce_weight,
+            &self.backward_input,
+        ]
+    }
+}
+
+/// The f64 specification of the convolution. Tensors are [batch, channel, site]; `w` is the
+/// layer's parameter slice: [cout, cin, taps] weights then [cout] biases. Neighbours come from
+/// coordinate arithmetic (`Lattice::shift`), not from the shaders' table.
+pub mod reference {
+    use super::super::Act;
+    use crate::lattice::Lattice;
+
+    pub struct Layer<'a> {
+        pub lattice: &'a Lattice,
+        pub k: usize,
+        pub batch: usize,
+        pub cin: usize,
+        pub cout: usize,
+    }
+
+    impl Layer<'_> {
+        fn neighbours(&self) -> Vec<Vec<usize>> {
+            let offs = self.lattice.tap_offsets(self.k);
+            (0..self.lattice.volume())
+                .map(|s| offs.iter().map(|o| self.lattice.shift(s, o)).collect())
+                .collect()
+        }
+
+        /// y = act(b + sum_ci sum_t W[co, ci, t] * x[ci, site + offset(t)]).
+        pub fn forward(&self, x: &[f64], w: &[f64], act: Act) -> Vec<f64> {
+            let v = self.lattice.volume();
+            let nb = self.neighbours();
+            let taps = nb[0].len();
+            let bias = &w[self.cout * self.cin * taps..];
+            let mut y = vec![0.0; self.batch * self.cout * v];
+            for b in 0..self.batch {
+                for co in 0..self.cout {
+                    for s in 0..v {
+                        let mut acc = bias[co];
+                        for ci in 0..self.cin {
+                            for (t, &n) in nb[s].iter().enumerate() {
+                                acc += w[(co * self.cin + ci) * taps + t]
+                                    * x[(b * self.cin + ci) * v + n];
+                            }
+                        }
+                        y[(b * self.cout + co) * v + s] = act.apply(acc);
+                    }
+                }
+            }
+            y
+        }
+
+        /// dL/dx from the pre-activation output gradient `gy`.
+        pub fn backward_input(&self, gy: &[f64], w: &[f64]) -> Vec<f64> {
+            let v = self.lattice.volume();
+            let nb = self.neighbours();
+            let taps = nb[0].len();
+            let mut gx = vec![0.0; self.batch * self.cin * v];
+            for b in 0..self.batch {
+                for co in 0..self.cout {
+                    for s in 0..v {
+                        let g = gy[(b * self.cout + co) * v + s];
+                        for ci in 0..self.cin {
+                            for (t, &n) in nb[s].iter().enumerate() {
+                                gx[(b * self.cin + ci) * v + n] +=
+                                    w[(co * self.cin + ci) * taps + t] * g;
+                            }
+                        }
+                    }
+                }
+            }
+            gx
+        }
+
+        /// dL/dW and dL/db (laid out as the parameter slice) from the input and `gy`.
+        pub fn backward_weight(&self, x: &[f64], gy: &[f64]) -> Vec<f64> {
+            let v = self.lattice.volume();
+            let nb = self.neighbours();
+            let taps = nb[0].len();
+            let nk = self.cout * self.cin * taps;
+            let mut gw = vec![0.0; nk + self.cout];
+            for b in 0..self.batch {
+                for co in 0..self.cout {
+                    for s in 0..v {
+                        let g = gy[(b * self.cout + co) * v + s];
+                        gw[nk + co] += g;
+                        for ci in 0..self.cin {
+                            for (t, &n) in nb[s].iter().enumerate() {
+                                gw[(co * self.cin + ci) * taps + t] +=
+                                    g * x[(b * self.cin + ci) * v + n];
+                            }
+                        }
+                    }
+                }
+            }
+            gw
+        }
+    }
+}

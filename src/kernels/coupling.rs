@@ -1,0 +1,161 @@
+//! The affine coupling with a checkerboard mask (`shaders/coupling.wgsl`).
+
+use super::{Act, LatticeBuffers, reduction_workgroup};
+use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use anyhow::{Result, bail};
+
+#[derive(Clone, Copy, Debug)]
+pub struct CouplingSpec {
+    pub batch: usize,
+    pub volume: usize,
+    /// Checkerboard parity: mask(site) = parity_table[site] ^ parity, 1 = frozen.
+    pub parity: u32,
+    /// The coupling net's final activation (whose derivative backward applies to ds, dt).
+    pub final_act: Act,
+}
+
+/// `x` the coupling's input, `st` the net's output [batch, 2, site], `y` the output, `logq`
+/// the running log q per sample; `gy`, `gx`, `gst`, `glogq` their gradients.
+pub struct CouplingBuffers<'a> {
+    pub lattice: &'a LatticeBuffers,
+    pub x: &'a GpuBuffer,
+    pub st: &'a GpuBuffer,
+    pub y: &'a GpuBuffer,
+    pub logq: &'a GpuBuffer,
+    pub gy: &'a GpuBuffer,
+    pub gx: &'a GpuBuffer,
+    pub gst: &'a GpuBuffer,
+    pub glogq: &'a GpuBuffer,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    volume: u32,
+    parity: u32,
+    _pad: u32,
+}
+
+pub struct Coupling {
+    pub spec: CouplingSpec,
+    pub forward: Dispatch,
+    pub backward: Dispatch,
+}
+
+impl Coupling {
+    pub fn new(gpu: &Gpu, spec: CouplingSpec, b: &CouplingBuffers) -> Result<Coupling> {
+        let n = spec.batch * spec.volume;
+        for (buf, len) in [
+            (b.x, n),
+            (b.y, n),
+            (b.gx, n),
+            (b.gy, n),
+            (b.st, 2 * n),
+            (b.gst, 2 * n),
+            (b.logq, spec.batch),
+            (b.glogq, spec.batch),
+        ] {
+            if buf.len() < len {
+                bail!(
+                    "buffer {} has {} elements, needs {len}",
+                    buf.label,
+                    buf.len()
+                );
+            }
+        }
+        let wg = reduction_workgroup(spec.volume);
+        let base = |entry| {
+            KernelSpec::new(Shader::Coupling, entry)
+                .with("WG", wg)
+                .with("ACT", spec.final_act.code())
+                .bind(0, Bind::Uniform)
+                .bind(1, Bind::Read)
+        };
+        let u = Params {
+            batch: spec.batch as u32,
+            volume: spec.volume as u32,
+            parity: spec.parity,
+            _pad: 0,
+        };
+        let u = Some(bytemuck::bytes_of(&u));
+        let groups = [spec.batch as u32, 1, 1];
+        let fwd = base("forward")
+            .bind(2, Bind::Read)
+            .bind(3, Bind::Read)
+            .bind(4, Bind::ReadWrite)
+            .bind(5, Bind::ReadWrite);
+        let forward = gpu.dispatch(
+            &fwd,
+            u,
+            &[&b.lattice.parity, b.x, b.st, b.y, b.logq],
+            groups,
+        )?;
+        let bwd = base("backward")
+            .bind(2, Bind::Read)
+            .bind(3, Bind::Read)
+            .bind(6, Bind::Read)
+            .bind(7, Bind::ReadWrite)
+            .bind(8, Bind::ReadWrite)
+            .bind(9, Bind::Read);
+        let backward = gpu.dispatch(
+            &bwd,
+            u,
+            &[&b.lattice.parity, b.x, b.st, b.gy, b.gx, b.gst, b.glogq],
+            groups,
+        )?;
+        Ok(Coupling {
+            spec,
+            forward,
+            backward,
+        })
+    }
+}
+
+/// The f64 specification. `mask` is 0/1 per site (1 = frozen); `st` is [batch, 2, site].
+pub mod reference {
+    use super::super::Act;
+
+    /// Returns y and log J per sample.
+    pub fn forward(x: &[f64], st: &[f64], mask: &[f64], batch: usize) -> (Vec<f64>, Vec<f64>) {
+        let v = mask.len();
+        let mut y = vec![0.0; batch * v];
+        let mut logj = vec![0.0; batch];
+        for b in 0..batch {
+            for s in 0..v {
+                let (xv, sv, tv) = (x[b * v + s], st[2 * b * v + s], st[(2 * b + 1) * v + s]);
+                let m = mask[s];
+                y[b * v + s] = m * xv + (1.0 - m) * (xv * sv.exp() + tv);
+                logj[b] += (1.0 - m) * sv;
+            }
+        }
+        (y, logj)
+    }
+
+    /// Gradients of L with respect to x (direct path only) and to the net's pre-activation
+    /// output, given dL/dy and dL/dlog q per sample (log q decreases by log J).
+    pub fn backward(
+        x: &[f64],
+        st: &[f64],
+        mask: &[f64],
+        gy: &[f64],
+        glogq: &[f64],
+        final_act: Act,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let v = mask.len();
+        let batch = glogq.len();
+        let mut gx = vec![0.0; batch * v];
+        let mut gst = vec![0.0; 2 * batch * v];
+        for b in 0..batch {
+            for s in 0..v {
+                let (xv, sv, tv) = (x[b * v + s], st[2 * b * v + s], st[(2 * b + 1) * v + s]);
+                let (m, dy) = (mask[s], gy[b * v + s]);
+                gx[b * v + s] = m * dy + (1.0 - m) * dy * sv.exp();
+                gst[2 * b * v + s] =
+                    (1.0 - m) * (dy * xv * sv.exp() - glogq[b]) * final_act.grad_from_output(sv);
+                gst[(2 * b + 1) * v + s] = (1.0 - m) * dy * final_act.grad_from_output(tv);
+            }
+        }
+        (gx, gst)
+    }
+}

@@ -1,0 +1,94 @@
+//! One module per kernel family: the Rust launcher of `shaders/<name>.wgsl` and, beside it, the
+//! f64 CPU reference that is its specification (`reference` submodules). Launchers build their
+//! dispatches once; recording them is all a training step does.
+
+pub mod action;
+pub mod adam;
+pub mod conv;
+pub mod coupling;
+pub mod prior;
+pub mod reduce;
+
+use crate::gpu::{Gpu, GpuBuffer};
+use crate::lattice::Lattice;
+use anyhow::Result;
+
+/// An activation, as the shaders number them (`ACT_*` in common.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None = 0,
+    Leaky = 1,
+    Tanh = 2,
+}
+
+/// LeakyReLU's negative slope (PyTorch's and Flux's default).
+pub const LEAKY_SLOPE: f64 = 0.01;
+
+impl Act {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Act::None => x,
+            Act::Leaky => {
+                if x > 0.0 {
+                    x
+                } else {
+                    LEAKY_SLOPE * x
+                }
+            }
+            Act::Tanh => x.tanh(),
+        }
+    }
+
+    /// The derivative at the input whose output is `y`.
+    pub fn grad_from_output(self, y: f64) -> f64 {
+        match self {
+            Act::None => 1.0,
+            Act::Leaky => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    LEAKY_SLOPE
+                }
+            }
+            Act::Tanh => 1.0 - y * y,
+        }
+    }
+}
+
+/// The lattice's lookup tables on the GPU, shared by every kernel of a model.
+pub struct LatticeBuffers {
+    pub lattice: Lattice,
+    pub kernel_size: usize,
+    /// `conv_table(kernel_size)`: [volume * taps].
+    pub nbr: GpuBuffer,
+    /// `parity_table()`: [volume].
+    pub parity: GpuBuffer,
+    /// `hop_table()`: [volume * 2 Nd].
+    pub hop: GpuBuffer,
+}
+
+impl LatticeBuffers {
+    pub fn new(gpu: &Gpu, lattice: Lattice, kernel_size: usize) -> Result<Self> {
+        Ok(LatticeBuffers {
+            lattice,
+            kernel_size,
+            nbr: gpu.upload("neighbour table", &lattice.conv_table(kernel_size))?,
+            parity: gpu.upload("parity table", &lattice.parity_table())?,
+            hop: gpu.upload("hop table", &lattice.hop_table())?,
+        })
+    }
+
+    pub fn taps(&self) -> usize {
+        self.kernel_size.pow(self.lattice.nd as u32)
+    }
+}
+
+/// The workgroup size of the per-sample reduction kernels: the smallest power of two covering
+/// the lattice, at most 256 (so a 4x4 lattice does not idle 240 lanes of 256).
+pub fn reduction_workgroup(volume: usize) -> u32 {
+    volume.next_power_of_two().clamp(32, 256) as u32
+}

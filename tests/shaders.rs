@@ -1,0 +1,164 @@
+//! Every shader family, as shipped and in the specialisations the launchers make, is parsed and
+//! validated by naga (wgpu's own compiler) and emitted as SPIR-V (Vulkan), MSL (Metal),
+//! HLSL (DX12) and GLSL (OpenGL ES 3.1), so a shader that would break on another platform fails
+//! here. Each entry point's workgroup memory is checked against WebGPU's 16 KiB default.
+
+use gomaflow_wgpu::gpu::shaders::{Shader, validate, workgroup_bytes};
+
+/// Specialisations covering what the configs use (channels 1..32, taps of Nd = 1..4, every
+/// activation and epilogue, workgroup sizes 32..256).
+fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
+    let mut v = vec![vec![]];
+    match shader {
+        Shader::Conv => {
+            v.push(vec![
+                ("CIN", 1),
+                ("COUT", 8),
+                ("TAPS", 9),
+                ("ACT", 1),
+                ("IN_MASK", 1),
+                ("MODE", 2),
+            ]);
+            v.push(vec![
+                ("CIN", 8),
+                ("COUT", 2),
+                ("TAPS", 81),
+                ("ACT", 2),
+                ("MODE", 1),
+                ("ACT_IN", 1),
+            ]);
+            v.push(vec![
+                ("CIN", 32),
+                ("COUT", 32),
+                ("TAPS", 27),
+                ("ACT", 0),
+                ("WG", 128),
+            ]);
+            v.push(vec![("CIN", 2), ("COUT", 3), ("TAPS", 3), ("MODE", 0)]);
+        }
+        Shader::Coupling => {
+            for wg in [32, 64, 128, 256] {
+                v.push(vec![("WG", wg), ("ACT", 0)]);
+            }
+        }
+        Shader::Action => {
+            for nd in 1..=4 {
+                v.push(vec![("ND", nd), ("WG", if nd == 1 { 32 } else { 256 })]);
+            }
+        }
+        Shader::Prior => v.push(vec![("WG", 32)]),
+        Shader::Reduce | Shader::Adam => {}
+    }
+    v
+}
+
+#[test]
+fn every_shader_validates_and_emits_for_all_backends() {
+    let mut count = 0;
+    for shader in Shader::ALL {
+        for consts in variants(shader) {
+            let name = format!("{}.wgsl {:?}", shader.name(), consts);
+            let source = shader.source(&consts).unwrap();
+            let (module, info) = validate(&source, &name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!module.entry_points.is_empty(), "{name}: no entry points");
+
+            // SPIR-V, all entry points.
+            let spv = naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+                .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
+            assert!(spv.len() > 5 && spv[0] == 0x0723_0203, "{name}: bad SPIR-V");
+
+            // MSL 2.0 (what Metal on macOS 10.13+ runs), all entry points.
+            let msl_opts = naga::back::msl::Options {
+                lang_version: (2, 0),
+                ..Default::default()
+            };
+            let (msl, _) =
+                naga::back::msl::write_string(&module, &info, &msl_opts, &Default::default())
+                    .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
+            assert!(msl.contains("kernel void"), "{name}: MSL has no kernel");
+
+            // HLSL shader model 5.1 (DX12's floor), all entry points.
+            let mut hlsl = String::new();
+            let hlsl_opts = naga::back::hlsl::Options::default();
+            naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &Default::default())
+                .write(&module, &info, None)
+                .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
+            assert!(
+                hlsl.contains("[numthreads("),
+                "{name}: HLSL has no compute entry"
+            );
+
+            for ep in &module.entry_points {
+                // GLSL ES 3.10 (OpenGL ES compute), one entry point per output.
+                let mut glsl = String::new();
+                let opts = naga::back::glsl::Options::default();
+                let pipe = naga::back::glsl::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: ep.name.clone(),
+                    multiview: None,
+                };
+                naga::back::glsl::Writer::new(
+                    &mut glsl,
+                    &module,
+                    &info,
+                    &opts,
+                    &pipe,
+                    naga::proc::BoundsCheckPolicies::default(),
+                )
+                .and_then(|mut w| w.write())
+                .unwrap_or_else(|e| panic!("{name}: GLSL {}: {e}", ep.name));
+                assert!(glsl.contains("local_size_x"), "{name}: GLSL {}", ep.name);
+
+                let bytes = workgroup_bytes(&module, &info, &ep.name);
+                assert!(
+                    bytes <= 16384,
+                    "{name} {}: {bytes} bytes of workgroup memory > 16 KiB",
+                    ep.name
+                );
+                count += 1;
+            }
+        }
+    }
+    eprintln!(
+        "CHECK shaders: {count} entry-point specialisations validated and emitted for SPIR-V, MSL, HLSL, GLSL"
+    );
+}
+
+/// The shaders must not divide or take remainders of integers inside loops (software drivers
+/// scalarise them). Division by compile-time constants outside loops is allowed and marked.
+#[test]
+fn no_integer_division_in_loops() {
+    for shader in Shader::ALL {
+        let mut depth: i32 = 0;
+        let mut loop_depths: Vec<i32> = vec![];
+        for (n, line) in shader.file().lines().enumerate() {
+            let code = line.split("//").next().unwrap();
+            if code.trim_start().starts_with("for ") || code.trim_start().starts_with("loop") {
+                loop_depths.push(depth);
+            }
+            depth += code.matches('{').count() as i32 - code.matches('}').count() as i32;
+            while loop_depths.last().is_some_and(|&d| depth <= d) {
+                loop_depths.pop();
+            }
+            let in_loop = !loop_depths.is_empty();
+            let has_div = code.contains(" / ")
+                || code.contains(" % ")
+                || code.contains("%=")
+                || code.contains("/=");
+            // Float division (by a literal with a decimal point, or of f32 values) is fine; we
+            // flag any `/` or `%` whose operands are not obviously float.
+            let float_div = code.contains(".0") || code.contains("f32(") || code.contains("sqrt(");
+            assert!(
+                !(in_loop && has_div && !float_div),
+                "{}.wgsl:{}: integer division in a loop: {line}",
+                shader.name(),
+                n + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn specialising_an_unknown_constant_is_an_error() {
+    assert!(Shader::Conv.source(&[("NOPE", 1)]).is_err());
+}
