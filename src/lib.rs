@@ -6,7 +6,10 @@
 //! run the shaders of `shaders/` on the device of `gpu/`.
 
 pub mod commands;
+pub mod config;
+pub mod flow;
 pub mod gpu;
 pub mod kernels;
 pub mod lattice;
 pub mod rng;
+pub mod tape;

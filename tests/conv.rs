@@ -7,7 +7,9 @@
 
 mod common;
 use common::*;
-use gomaflow_wgpu::kernels::conv::{Conv, ConvBuffers, ConvDims, ConvSpec, InputGrad, reference};
+use gomaflow_wgpu::kernels::conv::{
+    Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference,
+};
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 
@@ -92,17 +94,20 @@ fn run(c: &Case, seed: u64) {
         &ConvBuffers {
             lattice: &lb,
             params: &bufs.0,
-            grads: &bufs.1,
             x: &bufs.2,
             y: &bufs.3,
-            gy: &bufs.4,
-            gx: &bufs.5,
-            partial: &bufs.6,
+            grad: Some(ConvGrads {
+                grads: &bufs.1,
+                gy: &bufs.4,
+                gx: &bufs.5,
+                partial: &bufs.6,
+            }),
         },
     )
     .unwrap();
-    let [a, b, d] = conv.backward();
-    g.run(&[&conv.forward, a, b, d]).unwrap();
+    let mut all = vec![&conv.forward];
+    all.extend(&conv.backward);
+    g.run(&all).unwrap();
 
     // Forward.
     let layer = reference::Layer {
@@ -134,6 +139,7 @@ fn run(c: &Case, seed: u64) {
     let gx_plain = layer.backward_input(&gy, w);
     let gx_ref: Vec<f64> = match c.input_grad {
         InputGrad::Write => gx_plain,
+        InputGrad::Skip => unreachable!(),
         InputGrad::TimesActGrad(a) => gx_plain
             .iter()
             .zip(&x)

@@ -4,7 +4,9 @@
 
 mod common;
 use common::*;
-use gomaflow_wgpu::kernels::coupling::{Coupling, CouplingBuffers, CouplingSpec, reference};
+use gomaflow_wgpu::kernels::coupling::{
+    Coupling, CouplingBuffers, CouplingGrads, CouplingSpec, reference,
+};
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 
@@ -56,14 +58,16 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
             st: &bst,
             y: &by,
             logq: &blogq,
-            gy: &bgy,
-            gx: &bgx,
-            gst: &bgst,
-            glogq: &bglogq,
+            grad: Some(CouplingGrads {
+                gy: &bgy,
+                gx: &bgx,
+                gst: &bgst,
+                glogq: &bglogq,
+            }),
         },
     )
     .unwrap();
-    g.run(&[&c.forward, &c.backward]).unwrap();
+    g.run(&[&c.forward, c.backward.as_ref().unwrap()]).unwrap();
 
     let (y_ref, logj) = reference::forward(&x, &st, &mask, batch);
     check(&format!("{label} forward y"), &read(&by), &y_ref, 8.0 * U);

@@ -37,6 +37,8 @@ impl ConvDims {
 /// What `backward_input` does with the gradient it computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputGrad {
+    /// No input gradient (the input is not differentiated, e.g. the flow's prior sample).
+    Skip,
     /// gx = dL/dx.
     Write,
     /// gx = dL/dx * act'(x): the pre-activation gradient of the layer that produced x.
@@ -79,14 +81,20 @@ impl ConvSpec {
 }
 
 /// The buffers one convolution reads and writes. `x` is its input as the forward saw it
-/// (unmasked: masking is fused), `y` its activated output, `gy` the gradient of its
-/// pre-activation output, `gx` the gradient of its input.
+/// (unmasked: masking is fused), `y` its activated output.
 pub struct ConvBuffers<'a> {
     pub lattice: &'a LatticeBuffers,
     pub params: &'a GpuBuffer,
-    pub grads: &'a GpuBuffer,
     pub x: &'a GpuBuffer,
     pub y: &'a GpuBuffer,
+    /// The backward's buffers; `None` builds a forward-only layer.
+    pub grad: Option<ConvGrads<'a>>,
+}
+
+/// `grads` the flat parameter gradient, `gy` the gradient of the pre-activation output,
+/// `gx` the gradient of the input, `partial` the weight-gradient scratch.
+pub struct ConvGrads<'a> {
+    pub grads: &'a GpuBuffer,
     pub gy: &'a GpuBuffer,
     pub gx: &'a GpuBuffer,
     pub partial: &'a GpuBuffer,
@@ -105,13 +113,12 @@ struct Params {
     _pad: u32,
 }
 
-/// The four dispatches of one convolution layer.
+/// The dispatches of one convolution layer.
 pub struct Conv {
     pub spec: ConvSpec,
     pub forward: Dispatch,
-    pub backward_input: Dispatch,
-    pub backward_weight: Dispatch,
-    pub reduce_weight: Dispatch,
+    /// Weight gradient (two stages), then the input gradient (absent for `InputGrad::Skip`).
+    pub backward: Vec<Dispatch>,
 }
 
 impl Conv {
@@ -130,15 +137,17 @@ impl Conv {
             Ok(())
         };
         need(b.params, spec.w_off + d.n_params())?;
-        need(b.grads, spec.w_off + d.n_params())?;
         need(b.x, d.batch * d.cin * d.volume)?;
-        need(b.gx, d.batch * d.cin * d.volume)?;
         need(b.y, d.batch * d.cout * d.volume)?;
-        need(b.gy, d.batch * d.cout * d.volume)?;
-        need(b.partial, spec.partial_len())?;
+        if let Some(g) = &b.grad {
+            need(g.grads, spec.w_off + d.n_params())?;
+            need(g.gx, d.batch * d.cin * d.volume)?;
+            need(g.gy, d.batch * d.cout * d.volume)?;
+            need(g.partial, spec.partial_len())?;
+        }
 
         let (mode, act_in) = match spec.input_grad {
-            InputGrad::Write => (0, Act::None),
+            InputGrad::Write | InputGrad::Skip => (0, Act::None),
             InputGrad::TimesActGrad(a) => (1, a),
             InputGrad::AddMasked => (2, Act::None),
         };
@@ -178,6 +187,13 @@ impl Conv {
             &[b.params, &l.nbr, &l.parity, b.x, b.y],
             site_groups,
         )?;
+        let Some(g) = &b.grad else {
+            return Ok(Conv {
+                spec,
+                forward,
+                backward: vec![],
+            });
+        };
 
         let bin = base("backward_input")
             .with("MODE", mode)
@@ -191,7 +207,7 @@ impl Conv {
         let backward_input = gpu.dispatch(
             &bin,
             u,
-            &[b.params, &l.nbr, &l.parity, b.x, b.gy, b.gx],
+            &[b.params, &l.nbr, &l.parity, b.x, g.gy, g.gx],
             site_groups,
         )?;
 
@@ -205,7 +221,7 @@ impl Conv {
         let backward_weight = gpu.dispatch(
             &bw,
             u,
-            &[&l.nbr, &l.parity, b.x, b.gy, b.partial],
+            &[&l.nbr, &l.parity, b.x, g.gy, g.partial],
             [
                 groups_for(d.n_params(), WG as usize),
                 spec.n_chunks() as u32,
@@ -219,26 +235,18 @@ impl Conv {
         let reduce_weight = gpu.dispatch(
             &rw,
             u,
-            &[b.partial, b.grads],
+            &[g.partial, g.grads],
             [groups_for(d.n_params(), WG as usize), 1, 1],
         )?;
+        let mut backward = vec![backward_weight, reduce_weight];
+        if spec.input_grad != InputGrad::Skip {
+            backward.push(backward_input);
+        }
         Ok(Conv {
             spec,
             forward,
-            backward_input,
-            backward_weight,
-            reduce_weight,
+            backward,
         })
-    }
-
-    /// The backward dispatches in order: weights first (they read gy before anything else
-    /// could be written over it), then the input gradient.
-    pub fn backward(&self) -> [&Dispatch; 3] {
-        [
-            &self.backward_weight,
-            &self.reduce_weight,
-            &self.backward_input,
-        ]
     }
 }
 

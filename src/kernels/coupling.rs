@@ -15,13 +15,19 @@ pub struct CouplingSpec {
 }
 
 /// `x` the coupling's input, `st` the net's output [batch, 2, site], `y` the output, `logq`
-/// the running log q per sample; `gy`, `gx`, `gst`, `glogq` their gradients.
+/// the running log q per sample.
 pub struct CouplingBuffers<'a> {
     pub lattice: &'a LatticeBuffers,
     pub x: &'a GpuBuffer,
     pub st: &'a GpuBuffer,
     pub y: &'a GpuBuffer,
     pub logq: &'a GpuBuffer,
+    /// The backward's buffers; `None` builds a forward-only coupling.
+    pub grad: Option<CouplingGrads<'a>>,
+}
+
+/// Gradients of y (in), of x and st (out), and of log q per sample (in).
+pub struct CouplingGrads<'a> {
     pub gy: &'a GpuBuffer,
     pub gx: &'a GpuBuffer,
     pub gst: &'a GpuBuffer,
@@ -40,22 +46,17 @@ struct Params {
 pub struct Coupling {
     pub spec: CouplingSpec,
     pub forward: Dispatch,
-    pub backward: Dispatch,
+    pub backward: Option<Dispatch>,
 }
 
 impl Coupling {
     pub fn new(gpu: &Gpu, spec: CouplingSpec, b: &CouplingBuffers) -> Result<Coupling> {
         let n = spec.batch * spec.volume;
-        for (buf, len) in [
-            (b.x, n),
-            (b.y, n),
-            (b.gx, n),
-            (b.gy, n),
-            (b.st, 2 * n),
-            (b.gst, 2 * n),
-            (b.logq, spec.batch),
-            (b.glogq, spec.batch),
-        ] {
+        let mut sizes = vec![(b.x, n), (b.y, n), (b.st, 2 * n), (b.logq, spec.batch)];
+        if let Some(g) = &b.grad {
+            sizes.extend([(g.gx, n), (g.gy, n), (g.gst, 2 * n), (g.glogq, spec.batch)]);
+        }
+        for (buf, len) in sizes {
             if buf.len() < len {
                 bail!(
                     "buffer {} has {} elements, needs {len}",
@@ -98,12 +99,15 @@ impl Coupling {
             .bind(7, Bind::ReadWrite)
             .bind(8, Bind::ReadWrite)
             .bind(9, Bind::Read);
-        let backward = gpu.dispatch(
-            &bwd,
-            u,
-            &[&b.lattice.parity, b.x, b.st, b.gy, b.gx, b.gst, b.glogq],
-            groups,
-        )?;
+        let backward = match &b.grad {
+            None => None,
+            Some(g) => Some(gpu.dispatch(
+                &bwd,
+                u,
+                &[&b.lattice.parity, b.x, b.st, g.gy, g.gx, g.gst, g.glogq],
+                groups,
+            )?),
+        };
         Ok(Coupling {
             spec,
             forward,

@@ -1,0 +1,451 @@
+//! The tape: the flow's graph is fixed by the config, so it is recorded once. Building a tape
+//! plans every buffer and builds every dispatch (pipeline, uniform block, bind group); a step
+//! then only records them into one compute pass: the forward ops in order, the backward ops in
+//! reverse, then Adam. Each op knows its forward and backward dispatches (one backward rule per
+//! op); the buffers wire gradients from op to op.
+//!
+//! Fusions that cut dispatches and memory traffic (each checked by the kernel tests):
+//! the checkerboard mask and activations run inside the convolutions; each convolution's input
+//! gradient is multiplied by the activation derivative of the layer below in the same kernel;
+//! the first convolution adds its input gradient straight into the coupling's input gradient;
+//! the action kernel writes dS/dphi scaled by dL/dS as it computes S.
+
+use crate::config::PriorKind;
+use crate::flow::FlowSpec;
+use crate::gpu::{Dispatch, Gpu, GpuBuffer};
+use crate::kernels::LatticeBuffers;
+use crate::kernels::action::{Action, ActionSpec};
+use crate::kernels::adam::{Adam, AdamSpec};
+use crate::kernels::conv::{Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad};
+use crate::kernels::coupling::{Coupling, CouplingBuffers, CouplingGrads, CouplingSpec};
+use crate::kernels::prior::{Prior, PriorSpec};
+use crate::kernels::reduce;
+use anyhow::{Context, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward, backward and Adam; every activation is kept for the backward.
+    Train,
+    /// Forward only; activation buffers are reused from layer to layer.
+    Infer,
+}
+
+/// What a tape is built for.
+#[derive(Clone, Debug)]
+pub struct TapeSpec {
+    pub flow: FlowSpec,
+    pub batch: usize,
+    pub mode: Mode,
+    pub prior: PriorKind,
+    /// The Philox seed of the prior's draws (training.seed) and its stream.
+    pub seed: u64,
+    pub stream: u32,
+    pub m2: f64,
+    pub lam: f64,
+    /// Initial learning rate (Train).
+    pub lr: f64,
+    /// The config key that sets `batch`, named when a buffer is too large.
+    pub batch_key: &'static str,
+}
+
+/// One recorded op with its forward and backward dispatches.
+pub enum Op {
+    Prior(Prior),
+    Conv(Conv),
+    Coupling(Coupling),
+    Action(Action),
+    Loss(Dispatch),
+}
+
+impl Op {
+    fn forward(&self, mode: Mode) -> Vec<&Dispatch> {
+        match self {
+            Op::Prior(p) => vec![&p.sample],
+            Op::Conv(c) => vec![&c.forward],
+            Op::Coupling(c) => vec![&c.forward],
+            // Training fuses dS/dphi into the forward: it is the loss's only path to phi.
+            Op::Action(a) => vec![if mode == Mode::Train {
+                &a.action_grad
+            } else {
+                &a.action
+            }],
+            Op::Loss(d) => vec![d],
+        }
+    }
+
+    fn backward(&self) -> Vec<&Dispatch> {
+        match self {
+            Op::Conv(c) => c.backward.iter().collect(),
+            Op::Coupling(c) => c.backward.iter().collect(),
+            // Prior: z is not differentiated. Action, Loss: fused into their forwards.
+            Op::Prior(_) | Op::Action(_) | Op::Loss(_) => vec![],
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Prior(_) => "prior",
+            Op::Conv(_) => "conv",
+            Op::Coupling(_) => "coupling",
+            Op::Action(_) => "action",
+            Op::Loss(_) => "loss",
+        }
+    }
+}
+
+/// Allocates buffers and keeps the list for `--dry-run` and `bench`.
+struct Planner<'a> {
+    gpu: &'a Gpu,
+    batch_key: &'static str,
+    list: Vec<(String, u64)>,
+}
+
+impl Planner<'_> {
+    fn f32(&mut self, label: String, len: usize) -> Result<GpuBuffer> {
+        let b = self.gpu.storage(&label, len).with_context(|| {
+            format!(
+                "planning the buffers; lower {} or the lattice",
+                self.batch_key
+            )
+        })?;
+        self.list.push((label, b.size));
+        Ok(b)
+    }
+}
+
+/// A planned and recorded flow on one device.
+pub struct Tape {
+    pub spec: TapeSpec,
+    pub lattice: LatticeBuffers,
+    /// The flat parameters (shared with other tapes of the same model).
+    pub params: GpuBuffer,
+    /// [4] u32: counter[0] is the prior's draw index; in a training tape also Adam's step count.
+    pub counter: GpuBuffer,
+    /// Inputs of each coupling and phi: x[0] = z, phi = x[n_layers] (Train); in Infer two
+    /// buffers alternate and phi is x[n_layers % 2].
+    pub x: Vec<GpuBuffer>,
+    /// log q per sample, S per sample, and the loss kernel's metrics.
+    pub logq: GpuBuffer,
+    pub action: GpuBuffer,
+    pub metrics: GpuBuffer,
+    /// Train: the parameter gradient and Adam's moments.
+    pub grads: Option<GpuBuffer>,
+    pub adam_m: Option<GpuBuffer>,
+    pub adam_v: Option<GpuBuffer>,
+    pub ops: Vec<Op>,
+    pub adam: Option<Adam>,
+    /// Every buffer this tape allocated (label, bytes), for the plan printout.
+    pub buffers: Vec<(String, u64)>,
+}
+
+impl Tape {
+    /// Plan buffers and record every op. `params` is the model's parameter buffer; a training
+    /// tape also creates the gradient and Adam's moments.
+    pub fn new(gpu: &Gpu, spec: TapeSpec, params: &GpuBuffer, counter: &GpuBuffer) -> Result<Tape> {
+        let flow = &spec.flow;
+        let lat = flow.lattice;
+        let v = lat.volume();
+        let b = spec.batch;
+        let train = spec.mode == Mode::Train;
+        let mut pl = Planner {
+            gpu,
+            batch_key: spec.batch_key,
+            list: vec![],
+        };
+        let lattice = LatticeBuffers::new(gpu, lat, flow.kernel_size)?;
+        for (label, buf) in [
+            ("neighbour table", &lattice.nbr),
+            ("parity table", &lattice.parity),
+            ("hop table", &lattice.hop),
+        ] {
+            pl.list.push((label.into(), buf.size));
+        }
+        let channels = flow.channels();
+        let n_convs = channels.len() - 1;
+
+        // Activations. Train keeps everything the backward reads; Infer reuses one set.
+        let n_x = if train { flow.n_layers + 1 } else { 2 };
+        let x: Vec<GpuBuffer> = (0..n_x)
+            .map(|i| pl.f32(format!("x[{i}]"), b * v))
+            .collect::<Result<_>>()?;
+        let sets = if train { flow.n_layers } else { 1 };
+        let h: Vec<Vec<GpuBuffer>> = (0..sets)
+            .map(|l| {
+                (0..n_convs)
+                    .map(|j| pl.f32(format!("h[{l}][{j}]"), b * channels[j + 1] * v))
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let logq = pl.f32("log q".into(), b)?;
+        let action_buf = pl.f32("S".into(), b)?;
+        let metrics = pl.f32("metrics".into(), reduce::METRICS)?;
+        let glogq = pl.f32("dL/dlog q".into(), b)?;
+
+        // Gradients: the flow input's two alternating buffers, one per net depth (reused by
+        // every layer), the net output's, the weight-gradient scratch.
+        let chunk_of = |cin: usize, cout: usize| {
+            let dims = ConvDims {
+                batch: b,
+                volume: v,
+                taps: flow.taps(),
+                cin,
+                cout,
+            };
+            ConvSpec::default_chunk(&dims, gpu.is_software())
+        };
+        let (grads, adam_m, adam_v, gx, gh, partial) = if train {
+            let np = flow.n_params();
+            let partial_len = channels
+                .windows(2)
+                .map(|w| {
+                    let dims = ConvDims {
+                        batch: b,
+                        volume: v,
+                        taps: flow.taps(),
+                        cin: w[0],
+                        cout: w[1],
+                    };
+                    dims.batch.div_ceil(chunk_of(w[0], w[1])) * dims.n_params()
+                })
+                .max()
+                .unwrap_or(1);
+            (
+                Some(pl.f32("gradient".into(), np)?),
+                Some(pl.f32("Adam m".into(), np)?),
+                Some(pl.f32("Adam v".into(), np)?),
+                vec![
+                    pl.f32("dL/dx (even)".into(), b * v)?,
+                    pl.f32("dL/dx (odd)".into(), b * v)?,
+                ],
+                (0..n_convs)
+                    .map(|j| pl.f32(format!("dL/dh[{j}]"), b * channels[j + 1] * v))
+                    .collect::<Result<Vec<_>>>()?,
+                Some(pl.f32("weight-gradient partials".into(), partial_len)?),
+            )
+        } else {
+            (None, None, None, vec![], vec![], None)
+        };
+
+        let mut ops = Vec::new();
+        ops.push(Op::Prior(Prior::new(
+            gpu,
+            PriorSpec {
+                batch: b,
+                volume: v,
+                seed: spec.seed,
+                stream: spec.stream,
+                kind: spec.prior.clone(),
+            },
+            counter,
+            &x[0],
+            &logq,
+        )?));
+
+        for l in 0..flow.n_layers {
+            let parity = flow.parity(l);
+            let (xin, xout) = if train {
+                (&x[l], &x[l + 1])
+            } else {
+                (&x[l % 2], &x[(l + 1) % 2])
+            };
+            let hs = &h[if train { l } else { 0 }];
+            let convs = flow.convs(l);
+            for (j, c) in convs.iter().enumerate() {
+                let first = j == 0;
+                let input = if first { xin } else { &hs[j - 1] };
+                let input_grad = if first {
+                    // Layer 0's input is the prior sample: nothing to differentiate.
+                    if l == 0 {
+                        InputGrad::Skip
+                    } else {
+                        InputGrad::AddMasked
+                    }
+                } else {
+                    InputGrad::TimesActGrad(convs[j - 1].act)
+                };
+                let dims = ConvDims {
+                    batch: b,
+                    volume: v,
+                    taps: flow.taps(),
+                    cin: c.cin,
+                    cout: c.cout,
+                };
+                let cspec = ConvSpec {
+                    dims,
+                    act: c.act,
+                    in_mask: first,
+                    parity,
+                    w_off: c.offset,
+                    input_grad,
+                    chunk: chunk_of(c.cin, c.cout),
+                };
+                // Gradient wiring: the last convolution's output gradient is the coupling's
+                // dL/dst (gh's last entry); the first one's input gradient is the coupling input's.
+                let grad = if train {
+                    Some(ConvGrads {
+                        grads: grads.as_ref().unwrap(),
+                        gy: &gh[j],
+                        gx: if first { &gx[l % 2] } else { &gh[j - 1] },
+                        partial: partial.as_ref().unwrap(),
+                    })
+                } else {
+                    None
+                };
+                let conv = Conv::new(
+                    gpu,
+                    cspec,
+                    &ConvBuffers {
+                        lattice: &lattice,
+                        params,
+                        x: input,
+                        y: &hs[j],
+                        grad,
+                    },
+                )?;
+                ops.push(Op::Conv(conv));
+            }
+            let grad = if train {
+                Some(CouplingGrads {
+                    gy: &gx[(l + 1) % 2],
+                    gx: &gx[l % 2],
+                    gst: &gh[n_convs - 1],
+                    glogq: &glogq,
+                })
+            } else {
+                None
+            };
+            ops.push(Op::Coupling(Coupling::new(
+                gpu,
+                CouplingSpec {
+                    batch: b,
+                    volume: v,
+                    parity,
+                    final_act: flow.final_act(),
+                },
+                &CouplingBuffers {
+                    lattice: &lattice,
+                    x: xin,
+                    st: &hs[n_convs - 1],
+                    y: xout,
+                    logq: &logq,
+                    grad,
+                },
+            )?));
+        }
+
+        let phi = if train {
+            &x[flow.n_layers]
+        } else {
+            &x[flow.n_layers % 2]
+        };
+        // dL/dphi goes where the last coupling's backward reads dL/dy. Inference never runs
+        // action_grad, so its (never written) gradient target may be phi itself.
+        let gphi = if train { &gx[flow.n_layers % 2] } else { phi };
+        let action = Action::new(
+            gpu,
+            ActionSpec {
+                batch: b,
+                m2: spec.m2,
+                lam: spec.lam,
+                scale: 1.0 / b as f64,
+            },
+            &lattice,
+            phi,
+            &action_buf,
+            gphi,
+        )?;
+        ops.push(Op::Action(action));
+        ops.push(Op::Loss(reduce::loss(
+            gpu,
+            b,
+            &logq,
+            &action_buf,
+            &metrics,
+            &glogq,
+        )?));
+
+        let adam = if train {
+            Some(Adam::new(
+                gpu,
+                AdamSpec::new(flow.n_params(), spec.lr),
+                counter,
+                params,
+                grads.as_ref().unwrap(),
+                adam_m.as_ref().unwrap(),
+                adam_v.as_ref().unwrap(),
+            )?)
+        } else {
+            None
+        };
+        gpu.check()?;
+        Ok(Tape {
+            lattice,
+            params: params.clone(),
+            counter: counter.clone(),
+            logq,
+            action: action_buf,
+            metrics,
+            grads,
+            adam_m,
+            adam_v,
+            ops,
+            adam,
+            buffers: pl.list,
+            x,
+            spec,
+        })
+    }
+
+    /// The buffer holding phi after the forward.
+    pub fn phi(&self) -> &GpuBuffer {
+        if self.spec.mode == Mode::Train {
+            &self.x[self.spec.flow.n_layers]
+        } else {
+            &self.x[self.spec.flow.n_layers % 2]
+        }
+    }
+
+    /// Every dispatch of one step in order: forward, backward in reverse, Adam, counter.
+    pub fn step_dispatches(&self) -> Vec<&Dispatch> {
+        let mut d: Vec<&Dispatch> = self
+            .ops
+            .iter()
+            .flat_map(|op| op.forward(self.spec.mode))
+            .collect();
+        if self.spec.mode == Mode::Train {
+            d.extend(self.ops.iter().rev().flat_map(|op| op.backward()));
+            if let Some(adam) = &self.adam {
+                d.push(&adam.step);
+                d.push(&adam.advance);
+            }
+        }
+        d
+    }
+
+    /// Record one step into a compute pass of `enc`.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("step"),
+            timestamp_writes: None,
+        });
+        for d in self.step_dispatches() {
+            d.record(&mut pass);
+        }
+    }
+
+    /// Record and submit one step (the only submit of a training step).
+    pub fn submit_step(&self, gpu: &Gpu) {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
+        self.record(&mut enc);
+        gpu.queue.submit([enc.finish()]);
+    }
+
+    /// Bytes of all buffers this tape planned.
+    pub fn memory_bytes(&self) -> u64 {
+        self.buffers.iter().map(|(_, b)| b).sum()
+    }
+}

@@ -1,0 +1,235 @@
+//! The tape (src/tape.rs) against the f64 reference model (src/flow.rs): the gradient of the whole
+//! model, every parameter, against the hand-written reference backward and against central
+//! finite differences of the reference loss; full training steps (prior draw, forward,
+//! backward, Adam, counter) against the reference; the parameter counts of DESIGN §2.
+//! Tolerance: f32 through a few coupling layers: 1e-4 (relative to 1 + |value|).
+
+mod common;
+use common::*;
+use gomaflow_wgpu::config::PriorKind;
+use gomaflow_wgpu::flow::{FlowSpec, reference};
+use gomaflow_wgpu::kernels::adam::{self, AdamSpec};
+use gomaflow_wgpu::kernels::prior::{reference as prior_ref, stream};
+use gomaflow_wgpu::lattice::Lattice;
+use gomaflow_wgpu::tape::{Mode, Tape, TapeSpec};
+
+fn flow(nd: usize, l: usize, layers: usize, hidden: Vec<usize>, k: usize, tanh: bool) -> FlowSpec {
+    FlowSpec {
+        lattice: Lattice::new(nd, l),
+        n_layers: layers,
+        hidden,
+        kernel_size: k,
+        final_tanh: tanh,
+    }
+}
+
+#[test]
+fn parameter_counts() {
+    assert_eq!(flow(2, 8, 16, vec![8, 8], 3, true).n_params(), 12_960);
+    assert_eq!(flow(3, 8, 16, vec![8, 8], 3, true).n_params(), 38_304);
+}
+
+fn tape_spec(f: &FlowSpec, batch: usize, prior: PriorKind, lr: f64) -> TapeSpec {
+    TapeSpec {
+        flow: f.clone(),
+        batch,
+        mode: Mode::Train,
+        prior,
+        seed: 4242,
+        stream: stream::TRAIN,
+        m2: -4.0,
+        lam: 8.0,
+        lr,
+        batch_key: "training.batchsize",
+    }
+}
+
+/// Run `steps` training steps on the GPU and on the reference, comparing the gradient and the
+/// loss of each step and the parameters after it.
+fn train_steps(label: &str, f: &FlowSpec, batch: usize, prior: PriorKind, steps: u64, fd: bool) {
+    let g = gpu();
+    let lr = 1e-2;
+    let p0: Vec<f64> = f.init_params(7).iter().map(|&x| x as f64).collect();
+    let params = g.upload("params", &f32s(&p0)).unwrap();
+    let counter = g.upload("counter", &[0u32; 4]).unwrap();
+    let tape = Tape::new(g, tape_spec(f, batch, prior.clone(), lr), &params, &counter).unwrap();
+    let v = f.lattice.volume();
+
+    let n = p0.len();
+    let (mut p, mut m, mut s2) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+    for t in 1..=steps {
+        tape.submit_step(g);
+        g.wait().unwrap();
+        let (z, logr) = prior_ref::sample(&prior, 4242, stream::TRAIN, (t - 1) as u32, batch, v);
+        let (loss, grad) = reference::loss_and_grad(f, &p, &z, &logr, -4.0, 8.0);
+        let gpu_grad = read(tape.grads.as_ref().unwrap());
+        let gpu_loss = read(&tape.metrics)[0];
+        check(
+            &format!("{label} step {t} loss"),
+            &[gpu_loss],
+            &[loss],
+            1e-4,
+        );
+        // Relative to the gradient's scale: entries near zero carry absolute f32 noise.
+        let scale = grad.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1.0);
+        let gs: Vec<f64> = grad.iter().map(|x| x / scale).collect();
+        let gg: Vec<f64> = gpu_grad.iter().map(|x| x / scale).collect();
+        check(
+            &format!("{label} step {t} gradient of all {n} parameters"),
+            &gg,
+            &gs,
+            1e-4,
+        );
+
+        if fd && t == 1 {
+            // The reference backward is the derivative of the reference loss, every parameter.
+            let loss_of = |q: &[f64]| reference::loss_and_grad(f, q, &z, &logr, -4.0, 8.0).0;
+            let mut worst: f64 = 0.0;
+            for i in 0..n {
+                let d = central_diff(&loss_of, &p, i, 1e-5);
+                worst = worst.max((d - grad[i]).abs() / (1.0 + grad[i].abs()));
+            }
+            eprintln!(
+                "CHECK {label} reference gradient vs finite differences, all {n} parameters: max error {worst:.2e} (tolerance 1e-6)"
+            );
+            assert!(
+                worst < 1e-6,
+                "{label}: reference backward vs finite differences {worst:e}"
+            );
+        }
+
+        // Adam on the reference; where the gradient is far from zero the update is determined;
+        // near zero Adam's first steps are sign(g) * lr and f32 noise may flip the sign.
+        adam::reference::step(&AdamSpec::new(n, lr), t, &mut p, &grad, &mut m, &mut s2);
+        let gp = read(&tape.params);
+        let determined: Vec<usize> = (0..n).filter(|&i| grad[i].abs() > 1e-3 * scale).collect();
+        let got: Vec<f64> = determined.iter().map(|&i| gp[i]).collect();
+        let want: Vec<f64> = determined.iter().map(|&i| p[i]).collect();
+        check(
+            &format!(
+                "{label} step {t} parameters after Adam ({} of {n})",
+                determined.len()
+            ),
+            &got,
+            &want,
+            1e-5,
+        );
+        let all_close = (0..n).all(|i| (gp[i] - p[i]).abs() <= 2.0 * lr * t as f64 + 1e-6);
+        assert!(
+            all_close,
+            "{label}: a parameter moved more than Adam allows"
+        );
+        // Continue the reference from the GPU's parameters so that sign flips do not compound.
+        p = gp;
+    }
+    assert_eq!(g.read::<u32>(&tape.counter).unwrap()[0], steps as u32);
+}
+
+#[test]
+fn tape_2d() {
+    let normal = PriorKind::Normal {
+        mu: 0.0,
+        sigma: 1.0,
+    };
+    train_steps(
+        "tape 2D L=4 2 layers hidden [3]",
+        &flow(2, 4, 2, vec![3], 3, true),
+        3,
+        normal.clone(),
+        3,
+        true,
+    );
+    train_steps(
+        "tape 2D L=6 4 layers hidden [4, 3]",
+        &flow(2, 6, 4, vec![4, 3], 3, true),
+        5,
+        normal.clone(),
+        2,
+        false,
+    );
+    // No final tanh, no hidden layer (a single convolution 1 -> 2), kernel 5.
+    train_steps(
+        "tape 2D L=4 no tanh, no hidden, k=5",
+        &flow(2, 4, 2, vec![], 5, false),
+        3,
+        normal,
+        2,
+        true,
+    );
+}
+
+#[test]
+fn tape_other_dimensions() {
+    let normal = PriorKind::Normal {
+        mu: 0.0,
+        sigma: 1.0,
+    };
+    train_steps(
+        "tape 1D L=8",
+        &flow(1, 8, 3, vec![3, 2], 3, true),
+        4,
+        normal.clone(),
+        2,
+        true,
+    );
+    train_steps(
+        "tape 3D L=4",
+        &flow(3, 4, 2, vec![2], 3, true),
+        2,
+        normal.clone(),
+        2,
+        false,
+    );
+    train_steps(
+        "tape 4D L=2",
+        &flow(4, 2, 2, vec![2], 3, true),
+        2,
+        normal,
+        2,
+        false,
+    );
+}
+
+#[test]
+fn tape_potential_prior() {
+    let pot = PriorKind::Potential {
+        m2: -4.0,
+        lam: 8.0,
+        xmin: -2.0,
+        xmax: 2.0,
+    };
+    train_steps(
+        "tape 2D L=4 Potential prior",
+        &flow(2, 4, 2, vec![3], 3, true),
+        3,
+        pot,
+        2,
+        false,
+    );
+}
+
+/// The inference tape computes the same phi, log q and S as the training tape.
+#[test]
+fn inference_matches_training_forward() {
+    let g = gpu();
+    let f = flow(2, 4, 4, vec![4], 3, true);
+    let normal = PriorKind::Normal {
+        mu: 0.0,
+        sigma: 1.0,
+    };
+    let params = g.upload("params", &f.init_params(3)).unwrap();
+    let c1 = g.upload("counter", &[0u32; 4]).unwrap();
+    let c2 = g.upload("counter", &[0u32; 4]).unwrap();
+    let train = Tape::new(g, tape_spec(&f, 5, normal.clone(), 0.0), &params, &c1).unwrap();
+    let mut spec = tape_spec(&f, 5, normal, 0.0);
+    spec.mode = Mode::Infer;
+    let infer = Tape::new(g, spec, &params, &c2).unwrap();
+    assert!(infer.memory_bytes() < train.memory_bytes());
+    infer.submit_step(g);
+    let (phi_i, lq_i, s_i) = (read(infer.phi()), read(&infer.logq), read(&infer.action));
+    train.submit_step(g); // lr = 0: parameters unchanged
+    let (phi_t, lq_t, s_t) = (read(train.phi()), read(&train.logq), read(&train.action));
+    assert_eq!(phi_i, phi_t);
+    assert_eq!(lq_i, lq_t);
+    assert_eq!(s_i, s_t);
+}
