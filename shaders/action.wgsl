@@ -30,7 +30,7 @@ var<workgroup> red: array<f32, WG>;
 fn reduce_and_store(b: u32, lid: u32, part: f32) {
     red[lid] = part;
     workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
         if lid < k {
             red[lid] += red[lid + k];
         }

@@ -19,6 +19,10 @@ const IN_MASK: u32 = 0u;
 const MODE: u32 = 0u;
 const ACT_IN: u32 = 0u;
 const WG: u32 = 64u;
+// Samples per thread in forward and backward_input: each weight load feeds NB multiply-adds.
+// 1 on GPUs (a warp broadcasts a uniform load for free); more on CPU adapters, where every
+// lane's load of the same weight is a separate memory access.
+const NB: u32 = 1u;
 
 struct Params {
     batch: u32,
@@ -51,118 +55,175 @@ fn mask_at(site: u32) -> f32 {
     return f32(parity_tbl[site] ^ p.parity);
 }
 
-// One thread per (sample, site), all COUT outputs: each gathered input feeds COUT FMAs.
+// One thread per (site, NB samples), all COUT outputs: each gathered input feeds COUT FMAs and
+// each weight NB of them. Threads of the last block past the batch compute on the last sample
+// and store nothing.
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = wid.x * WG + lid;
-    let b = wid.y;
     if site >= p.volume {
         return;
     }
+    let b0 = wid.y * NB;
     let b_off = p.w_off + COUT * CIN * TAPS;
-    var acc: array<f32, COUT>;
+    var acc: array<f32, NB * COUT>;
     for (var co = 0u; co < COUT; co++) {
-        acc[co] = params[b_off + co];
+        let bias = params[b_off + co];
+        for (var j = 0u; j < NB; j++) {
+            acc[j * COUT + co] = bias;
+        }
+    }
+    var xb: array<u32, NB>;
+    for (var j = 0u; j < NB; j++) {
+        xb[j] = min(b0 + j, p.batch - 1u) * CIN * p.volume;
     }
     let nb = site * TAPS;
-    for (var ci = 0u; ci < CIN; ci++) {
-        let xrow = (b * CIN + ci) * p.volume;
-        let wrow = p.w_off + ci * TAPS;
-        for (var t = 0u; t < TAPS; t++) {
-            let n = nbr[nb + t];
-            var v = x[xrow + n];
-            if IN_MASK == 1u {
-                v *= mask_at(n);
+    // Taps outside, channels inside: one neighbour lookup serves every input channel.
+    for (var t = 0u; t < TAPS; t++) {
+        let n = nbr[nb + t];
+        var m = 1.0;
+        if IN_MASK == 1u {
+            m = mask_at(n);
+        }
+        for (var ci = 0u; ci < CIN; ci++) {
+            var v: array<f32, NB>;
+            for (var j = 0u; j < NB; j++) {
+                v[j] = m * x[xb[j] + ci * p.volume + n];
             }
+            let w = p.w_off + ci * TAPS + t;
             for (var co = 0u; co < COUT; co++) {
-                acc[co] = fma(params[wrow + co * (CIN * TAPS) + t], v, acc[co]);
+                let wv = params[w + co * (CIN * TAPS)];
+                for (var j = 0u; j < NB; j++) {
+                    acc[j * COUT + co] = fma(wv, v[j], acc[j * COUT + co]);
+                }
             }
         }
     }
-    for (var co = 0u; co < COUT; co++) {
-        y[(b * COUT + co) * p.volume + site] = activate(acc[co], ACT);
+    for (var j = 0u; j < NB; j++) {
+        let b = b0 + j;
+        if b < p.batch {
+            for (var co = 0u; co < COUT; co++) {
+                y[(b * COUT + co) * p.volume + site] = activate(acc[j * COUT + co], ACT);
+            }
+        }
     }
 }
 
-// dx[ci, u] = sum_co sum_t W[co, ci, t] * gy[co, u - offset(t)]: one thread per (sample, site).
+// dx[ci, u] = sum_co sum_t W[co, ci, t] * gy[co, u - offset(t)]: one thread per (site, NB samples).
 @compute @workgroup_size(WG)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = wid.x * WG + lid;
-    let b = wid.y;
     if site >= p.volume {
         return;
     }
-    var acc: array<f32, CIN>;
-    for (var ci = 0u; ci < CIN; ci++) {
-        acc[ci] = 0.0;
+    let b0 = wid.y * NB;
+    var acc: array<f32, NB * CIN>;
+    var gb: array<u32, NB>;
+    for (var j = 0u; j < NB; j++) {
+        gb[j] = min(b0 + j, p.batch - 1u) * COUT * p.volume;
+        for (var ci = 0u; ci < CIN; ci++) {
+            acc[j * CIN + ci] = 0.0;
+        }
     }
     // nbr[site * TAPS + (TAPS - 1 - t)] is site - offset(t).
     let nb = site * TAPS + TAPS - 1u;
-    for (var co = 0u; co < COUT; co++) {
-        let grow = (b * COUT + co) * p.volume;
-        let wrow = p.w_off + co * (CIN * TAPS);
-        for (var t = 0u; t < TAPS; t++) {
-            let g = gy[grow + nbr[nb - t]];
+    for (var t = 0u; t < TAPS; t++) {
+        let n = nbr[nb - t];
+        for (var co = 0u; co < COUT; co++) {
+            var g: array<f32, NB>;
+            for (var j = 0u; j < NB; j++) {
+                g[j] = gy[gb[j] + co * p.volume + n];
+            }
+            let w = p.w_off + co * (CIN * TAPS) + t;
             for (var ci = 0u; ci < CIN; ci++) {
-                acc[ci] = fma(params[wrow + ci * TAPS + t], g, acc[ci]);
+                let wv = params[w + ci * TAPS];
+                for (var j = 0u; j < NB; j++) {
+                    acc[j * CIN + ci] = fma(wv, g[j], acc[j * CIN + ci]);
+                }
             }
         }
     }
-    for (var ci = 0u; ci < CIN; ci++) {
-        let i = (b * CIN + ci) * p.volume + site;
-        if MODE == 0u {
-            gx[i] = acc[ci];
-        } else if MODE == 1u {
-            gx[i] = acc[ci] * activate_grad(x[i], ACT_IN);
-        } else {
-            gx[i] += acc[ci] * mask_at(site);
+    for (var j = 0u; j < NB; j++) {
+        let b = b0 + j;
+        if b < p.batch {
+            for (var ci = 0u; ci < CIN; ci++) {
+                let i = (b * CIN + ci) * p.volume + site;
+                if MODE == 0u {
+                    gx[i] = acc[j * CIN + ci];
+                } else if MODE == 1u {
+                    gx[i] = acc[j * CIN + ci] * activate_grad(x[i], ACT_IN);
+                } else {
+                    gx[i] += acc[j * CIN + ci] * mask_at(site);
+                }
+            }
         }
     }
 }
 
-// Weight and bias gradients, stage 1: one thread per (weight, chunk of samples) writes a partial
-// sum; stage 2 (reduce_weight) adds the chunks in a fixed order. Deterministic, no atomics.
+// Weight and bias gradients, stage 1: one thread per (input channel, row of TPT taps, chunk of
+// samples) holds the TPT * COUT weights that share its loads: TPT gathered inputs and COUT
+// output gradients feed TPT * COUT FMAs. Every thread also sums dL/db (the same loads); the
+// first one writes it. Each chunk writes a partial sum; stage 2 (reduce_weight) adds the chunks
+// in a fixed order: deterministic, no atomics.
+const TPT: u32 = 3u;
+
 @compute @workgroup_size(WG)
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let w = wid.x * WG + lid;
+    let k = wid.x * WG + lid;
     let chunk = wid.y;
-    if w >= p.n_weights {
+    if k >= CIN * (TAPS / TPT) {
         return;
     }
-    let n_kernel = COUT * CIN * TAPS;
+    // Division by compile-time constants, once per thread (not in the loop).
+    let ci = k / (TAPS / TPT);
+    let t0 = (k - ci * (TAPS / TPT)) * TPT;
     let b0 = chunk * p.chunk;
     let b1 = min(b0 + p.chunk, p.batch);
-    var acc = 0.0;
-    if w < n_kernel {
-        // Division by compile-time constants, once per thread (not in the loop).
-        let co = w / (CIN * TAPS);
-        let r = w - co * (CIN * TAPS);
-        let ci = r / TAPS;
-        let t = r - ci * TAPS;
-        for (var b = b0; b < b1; b++) {
-            let grow = (b * COUT + co) * p.volume;
-            let xrow = (b * CIN + ci) * p.volume;
-            var nb = t;
-            for (var s = 0u; s < p.volume; s++) {
-                let n = nbr[nb];
-                var v = x[xrow + n];
-                if IN_MASK == 1u {
-                    v *= mask_at(n);
-                }
-                acc = fma(gy[grow + s], v, acc);
-                nb += TAPS;
+    var acc: array<f32, TPT * COUT>;
+    var bias: array<f32, COUT>;
+    for (var i = 0u; i < TPT * COUT; i++) {
+        acc[i] = 0.0;
+    }
+    for (var co = 0u; co < COUT; co++) {
+        bias[co] = 0.0;
+    }
+    for (var s = 0u; s < p.volume; s++) {
+        var n: array<u32, TPT>;
+        var m: array<f32, TPT>;
+        for (var j = 0u; j < TPT; j++) {
+            n[j] = nbr[s * TAPS + t0 + j];
+            m[j] = 1.0;
+            if IN_MASK == 1u {
+                m[j] = mask_at(n[j]);
             }
         }
-    } else {
-        let co = w - n_kernel;
         for (var b = b0; b < b1; b++) {
-            let grow = (b * COUT + co) * p.volume;
-            for (var s = 0u; s < p.volume; s++) {
-                acc += gy[grow + s];
+            let xrow = (b * CIN + ci) * p.volume;
+            var v: array<f32, TPT>;
+            for (var j = 0u; j < TPT; j++) {
+                v[j] = m[j] * x[xrow + n[j]];
+            }
+            let grow = b * COUT * p.volume + s;
+            for (var co = 0u; co < COUT; co++) {
+                let g = gy[grow + co * p.volume];
+                bias[co] += g;
+                for (var j = 0u; j < TPT; j++) {
+                    acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                }
             }
         }
     }
-    partial[chunk * p.n_weights + w] = acc;
+    let base = chunk * p.n_weights;
+    for (var co = 0u; co < COUT; co++) {
+        for (var j = 0u; j < TPT; j++) {
+            partial[base + co * (CIN * TAPS) + ci * TAPS + t0 + j] = acc[co * TPT + j];
+        }
+    }
+    if k == 0u {
+        for (var co = 0u; co < COUT; co++) {
+            partial[base + COUT * CIN * TAPS + co] = bias[co];
+        }
+    }
 }
 
 @compute @workgroup_size(WG)

@@ -49,7 +49,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
     red[lid] = part;
     workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
         if lid < k {
             red[lid] += red[lid + k];
         }

@@ -113,7 +113,7 @@ fn sample_potential(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 fn tree_sum(lid: u32, v: f32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
         if lid < k {
             red[lid] += red[lid + k];
         }

@@ -22,7 +22,7 @@ var<workgroup> red: array<f32, WG>;
 fn tree_sum(lid: u32, v: f32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
         if lid < k {
             red[lid] += red[lid + k];
         }
@@ -36,7 +36,7 @@ fn tree_sum(lid: u32, v: f32) -> f32 {
 fn tree_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
         if lid < k {
             red[lid] = max(red[lid], red[lid + k]);
         }

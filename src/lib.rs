@@ -5,11 +5,18 @@
 //! sample -> observables. The kernels of `kernels/` (launcher and f64 reference side by side)
 //! run the shaders of `shaders/` on the device of `gpu/`.
 
+pub mod bench;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod files;
 pub mod flow;
 pub mod gpu;
 pub mod kernels;
 pub mod lattice;
+pub mod mcmc;
+pub mod plots;
+pub mod proposals;
 pub mod rng;
 pub mod tape;
+pub mod train;

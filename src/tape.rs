@@ -191,7 +191,7 @@ impl Tape {
                 cin,
                 cout,
             };
-            ConvSpec::default_chunk(&dims, gpu.is_software())
+            ConvSpec::default_chunk(&dims, flow.kernel_size, gpu.is_software())
         };
         let (grads, adam_m, adam_v, gx, gh, partial) = if train {
             let np = flow.n_params();
@@ -278,6 +278,8 @@ impl Tape {
                     w_off: c.offset,
                     input_grad,
                     chunk: chunk_of(c.cin, c.cout),
+                    samples_per_thread: ConvSpec::default_samples_per_thread(gpu.is_software()),
+                    kernel_size: flow.kernel_size,
                 };
                 // Gradient wiring: the last convolution's output gradient is the coupling's
                 // dL/dst (gh's last entry); the first one's input gradient is the coupling input's.

@@ -68,48 +68,6 @@ fn run(c: &Case, seed: u64) {
         x.clone()
     };
 
-    // GPU
-    let lb = LatticeBuffers::new(g, lat, c.k).unwrap();
-    let spec = ConvSpec {
-        dims,
-        act: c.act,
-        in_mask: c.in_mask,
-        parity,
-        w_off,
-        input_grad: c.input_grad,
-        chunk: 2, // two chunks for batch 3: the last one partial
-    };
-    let bufs = (
-        upload("params", &params),
-        g.storage("grads", params.len()).unwrap(),
-        upload("x", &x),
-        g.storage("y", batch * c.cout * v).unwrap(),
-        upload("gy", &gy),
-        upload("gx", &gx0),
-        g.storage("partial", spec.partial_len()).unwrap(),
-    );
-    let conv = Conv::new(
-        g,
-        spec,
-        &ConvBuffers {
-            lattice: &lb,
-            params: &bufs.0,
-            x: &bufs.2,
-            y: &bufs.3,
-            grad: Some(ConvGrads {
-                grads: &bufs.1,
-                gy: &bufs.4,
-                gx: &bufs.5,
-                partial: &bufs.6,
-            }),
-        },
-    )
-    .unwrap();
-    let mut all = vec![&conv.forward];
-    all.extend(&conv.backward);
-    g.run(&all).unwrap();
-
-    // Forward.
     let layer = reference::Layer {
         lattice: &lat,
         k: c.k,
@@ -118,24 +76,7 @@ fn run(c: &Case, seed: u64) {
         cout: c.cout,
     };
     let y_ref = layer.forward(&x_eff, w, c.act);
-    check(
-        &format!("{label} forward"),
-        &read(&bufs.3),
-        &y_ref,
-        4.0 * (c.cin * taps + 1) as f64 * U,
-    );
-
-    // Backward to the weights.
     let gw_ref = layer.backward_weight(&x_eff, &gy);
-    let gw = read(&bufs.1)[w_off..w_off + dims.n_params()].to_vec();
-    check(
-        &format!("{label} backward_weight"),
-        &gw,
-        &gw_ref,
-        4.0 * (batch * v) as f64 * U,
-    );
-
-    // Backward to the input, through the epilogue.
     let gx_plain = layer.backward_input(&gy, w);
     let gx_ref: Vec<f64> = match c.input_grad {
         InputGrad::Write => gx_plain,
@@ -151,12 +92,71 @@ fn run(c: &Case, seed: u64) {
             .map(|(i, gv)| gx0[i] + mask[i % v] * gv)
             .collect(),
     };
-    check(
-        &format!("{label} backward_input"),
-        &read(&bufs.5),
-        &gx_ref,
-        4.0 * (c.cout * taps + 1) as f64 * U,
-    );
+    // GPU, with one and with two samples per thread (batch 3: the last block is partial).
+    let lb = LatticeBuffers::new(g, lat, c.k).unwrap();
+    for nb in [1, 2] {
+        let spec = ConvSpec {
+            dims,
+            act: c.act,
+            in_mask: c.in_mask,
+            parity,
+            w_off,
+            input_grad: c.input_grad,
+            chunk: 2, // two chunks for batch 3: the last one partial
+            samples_per_thread: nb,
+            kernel_size: c.k,
+        };
+        let bufs = (
+            upload("params", &params),
+            g.storage("grads", params.len()).unwrap(),
+            upload("x", &x),
+            g.storage("y", batch * c.cout * v).unwrap(),
+            upload("gy", &gy),
+            upload("gx", &gx0),
+            g.storage("partial", spec.partial_len()).unwrap(),
+        );
+        let conv = Conv::new(
+            g,
+            spec,
+            &ConvBuffers {
+                lattice: &lb,
+                params: &bufs.0,
+                x: &bufs.2,
+                y: &bufs.3,
+                grad: Some(ConvGrads {
+                    grads: &bufs.1,
+                    gy: &bufs.4,
+                    gx: &bufs.5,
+                    partial: &bufs.6,
+                }),
+            },
+        )
+        .unwrap();
+        let mut all = vec![&conv.forward];
+        all.extend(&conv.backward);
+        g.run(&all).unwrap();
+
+        let label = format!("{label} NB={nb}");
+        check(
+            &format!("{label} forward"),
+            &read(&bufs.3),
+            &y_ref,
+            4.0 * (c.cin * taps + 1) as f64 * U,
+        );
+        let gw = read(&bufs.1)[w_off..w_off + dims.n_params()].to_vec();
+        check(
+            &format!("{label} backward_weight"),
+            &gw,
+            &gw_ref,
+            4.0 * (batch * v) as f64 * U,
+        );
+        check(
+            &format!("{label} backward_input"),
+            &read(&bufs.5),
+            &gx_ref,
+            4.0 * (c.cout * taps + 1) as f64 * U,
+        );
+    }
 
     // The reference backward is the derivative of the reference forward:
     // L(x, w) = sum r * act(conv(mask * x; w)), with dL/dpre = r * act'(y).

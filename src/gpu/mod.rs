@@ -7,6 +7,7 @@
 
 pub mod buffers;
 pub mod shaders;
+pub mod timing;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
@@ -222,7 +223,7 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut slot = sink.lock().unwrap();
             if slot.is_none() {
-                *slot = Some(e.to_string());
+                *slot = Some(Gpu::error_chain(&e));
             }
         }));
         let sink = error.clone();
@@ -270,6 +271,18 @@ impl Gpu {
             bail!("GPU error on {}: {e}", self.info.name);
         }
         Ok(())
+    }
+
+    /// A wgpu error with its cause chain (wgpu's Display shows only the outermost line).
+    pub fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
     }
 
     /// Block until the queue is idle.
@@ -359,7 +372,7 @@ impl Gpu {
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            bail!("building pipeline {key} failed: {e}");
+            bail!("building pipeline {key} failed: {}", Gpu::error_chain(&e));
         }
         let p = Pipeline {
             pipeline,
@@ -453,6 +466,7 @@ impl Gpu {
             uniform: uniform_buf,
             groups,
             label: pipeline.label,
+            work: Work::default(),
         })
     }
 
@@ -482,9 +496,25 @@ pub struct Dispatch {
     pub uniform: Option<wgpu::Buffer>,
     pub groups: [u32; 3],
     pub label: String,
+    /// What the kernel must do at least, for `bench`'s GFLOP/s and GB/s.
+    pub work: Work,
+}
+
+/// A dispatch's useful floating-point operations and its compulsory memory traffic (each
+/// input read and each output written once).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    pub flops: f64,
+    pub bytes: f64,
 }
 
 impl Dispatch {
+    /// Attach the work model (builder style).
+    pub fn with_work(mut self, flops: f64, bytes: f64) -> Self {
+        self.work = Work { flops, bytes };
+        self
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);

@@ -65,13 +65,19 @@ impl Action {
         };
         let u = Some(bytemuck::bytes_of(&u));
         let groups = [spec.batch as u32, 1, 1];
-        let action = gpu.dispatch(&base("action"), u, &[&lattice.hop, phi, s], groups)?;
-        let action_grad = gpu.dispatch(
-            &base("action_grad").bind(4, Bind::ReadWrite),
-            u,
-            &[&lattice.hop, phi, s, grad],
-            groups,
-        )?;
+        let n = (spec.batch * v) as f64;
+        let nd = lattice.lattice.nd as f64;
+        let action = gpu
+            .dispatch(&base("action"), u, &[&lattice.hop, phi, s], groups)?
+            .with_work((2.0 * nd + 6.0) * n, 4.0 * n);
+        let action_grad = gpu
+            .dispatch(
+                &base("action_grad").bind(4, Bind::ReadWrite),
+                u,
+                &[&lattice.hop, phi, s, grad],
+                groups,
+            )?
+            .with_work((4.0 * nd + 14.0) * n, 8.0 * n);
         Ok(Action {
             spec,
             action,

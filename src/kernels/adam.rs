@@ -89,12 +89,14 @@ impl Adam {
             .bind(4, Bind::ReadWrite)
             .bind(5, Bind::ReadWrite);
         let u = params(&spec);
-        let step = gpu.dispatch(
-            &k,
-            Some(bytemuck::bytes_of(&u)),
-            &[state, params_buf, grads, m, v],
-            [gx as u32, gy as u32, 1],
-        )?;
+        let step = gpu
+            .dispatch(
+                &k,
+                Some(bytemuck::bytes_of(&u)),
+                &[state, params_buf, grads, m, v],
+                [gx as u32, gy as u32, 1],
+            )?
+            .with_work(14.0 * spec.n as f64, 28.0 * spec.n as f64);
         let a = KernelSpec::new(Shader::Adam, "advance").bind(6, Bind::ReadWrite);
         let advance = gpu.dispatch(&a, None, &[state], [1, 1, 1])?;
         Ok(Adam {

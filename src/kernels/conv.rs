@@ -7,6 +7,8 @@ use anyhow::{Result, bail};
 
 /// Threads per workgroup of the site-parallel entry points.
 const WG: u32 = 64;
+/// Samples per thread on CPU adapters (measured on lavapipe: see BENCHMARKS.md).
+pub const SOFTWARE_NB: usize = 8;
 
 /// Sizes of one convolution layer applied to a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +61,10 @@ pub struct ConvSpec {
     pub input_grad: InputGrad,
     /// Samples per chunk of the weight-gradient reduction.
     pub chunk: usize,
+    /// Samples per thread of forward and backward_input (see `NB` in conv.wgsl).
+    pub samples_per_thread: usize,
+    /// The kernel's extent k (taps = k^Nd): backward_weight gives each thread a row of k taps.
+    pub kernel_size: usize,
 }
 
 impl ConvSpec {
@@ -71,7 +77,14 @@ impl ConvSpec {
     }
     /// A chunk size that gives a GPU enough threads (about 16k) while keeping each thread's
     /// sum long enough to amortise it; on a CPU adapter fewer, longer chunks are cheaper.
-    pub fn default_chunk(dims: &ConvDims, software: bool) -> usize {
+    /// `backward_weight` runs CIN * TAPS threads per chunk.
+    /// Samples per thread: 1 on GPUs, where a uniform weight load is broadcast for free; on CPU
+    /// adapters each weight load is a gather, so several samples share it.
+    pub fn default_samples_per_thread(software: bool) -> usize {
+        if software { SOFTWARE_NB } else { 1 }
+    }
+
+    pub fn default_chunk(dims: &ConvDims, kernel_size: usize, software: bool) -> usize {
         let target_threads: usize = if software { 1024 } else { 16384 };
         let chunks = target_threads
             .div_ceil(dims.n_params())
@@ -127,6 +140,13 @@ impl Conv {
         if d.taps != b.lattice.taps() || d.volume != b.lattice.lattice.volume() {
             bail!("convolution {d:?} does not match the lattice tables");
         }
+        if spec.kernel_size.pow(b.lattice.lattice.nd as u32) != d.taps {
+            bail!(
+                "kernel size {} does not give {} taps",
+                spec.kernel_size,
+                d.taps
+            );
+        }
         if matches!(spec.input_grad, InputGrad::AddMasked) && d.cin != 1 {
             bail!("InputGrad::AddMasked needs a single input channel");
         }
@@ -157,6 +177,9 @@ impl Conv {
                 .with("COUT", d.cout as u32)
                 .with("TAPS", d.taps as u32)
                 .with("WG", WG)
+                .with("NB", spec.samples_per_thread as u32)
+                // Every entry point of the module must be valid, so all see the real TPT.
+                .with("TPT", spec.kernel_size as u32)
                 .bind(0, Bind::Uniform)
         };
         let uniform = Params {
@@ -170,7 +193,11 @@ impl Conv {
             _pad: 0,
         };
         let u = Some(bytemuck::bytes_of(&uniform));
-        let site_groups = [groups_for(d.volume, WG as usize), d.batch as u32, 1];
+        let site_groups = [
+            groups_for(d.volume, WG as usize),
+            d.batch.div_ceil(spec.samples_per_thread) as u32,
+            1,
+        ];
         let l = b.lattice;
 
         let fwd = base("forward")
@@ -181,12 +208,22 @@ impl Conv {
             .bind(3, Bind::Read)
             .bind(4, Bind::Read)
             .bind(5, Bind::ReadWrite);
-        let forward = gpu.dispatch(
-            &fwd,
-            u,
-            &[b.params, &l.nbr, &l.parity, b.x, b.y],
-            site_groups,
-        )?;
+        // Work models: 2 flops per multiply-add; each tensor touched once.
+        let f = 4.0;
+        let (bv, macs) = ((d.batch * d.volume) as f64, d.macs() as f64);
+        let (xin, yout, w) = (
+            bv * d.cin as f64 * f,
+            bv * d.cout as f64 * f,
+            d.n_params() as f64 * f,
+        );
+        let forward = gpu
+            .dispatch(
+                &fwd,
+                u,
+                &[b.params, &l.nbr, &l.parity, b.x, b.y],
+                site_groups,
+            )?
+            .with_work(2.0 * macs + bv * d.cout as f64, xin + yout + w);
         let Some(g) = &b.grad else {
             return Ok(Conv {
                 spec,
@@ -204,12 +241,14 @@ impl Conv {
             .bind(4, Bind::Read)
             .bind(6, Bind::Read)
             .bind(7, Bind::ReadWrite);
-        let backward_input = gpu.dispatch(
-            &bin,
-            u,
-            &[b.params, &l.nbr, &l.parity, b.x, g.gy, g.gx],
-            site_groups,
-        )?;
+        let backward_input = gpu
+            .dispatch(
+                &bin,
+                u,
+                &[b.params, &l.nbr, &l.parity, b.x, g.gy, g.gx],
+                site_groups,
+            )?
+            .with_work(2.0 * macs, yout + 2.0 * xin + w);
 
         let bw = base("backward_weight")
             .with("IN_MASK", spec.in_mask as u32)
@@ -218,26 +257,36 @@ impl Conv {
             .bind(4, Bind::Read)
             .bind(6, Bind::Read)
             .bind(8, Bind::ReadWrite);
-        let backward_weight = gpu.dispatch(
-            &bw,
-            u,
-            &[&l.nbr, &l.parity, b.x, g.gy, g.partial],
-            [
-                groups_for(d.n_params(), WG as usize),
-                spec.n_chunks() as u32,
-                1,
-            ],
-        )?;
+        let backward_weight = gpu
+            .dispatch(
+                &bw,
+                u,
+                &[&l.nbr, &l.parity, b.x, g.gy, g.partial],
+                [
+                    groups_for(d.n_params(), WG as usize),
+                    spec.n_chunks() as u32,
+                    1,
+                ],
+            )?
+            .with_work(
+                2.0 * macs + bv * d.cout as f64,
+                xin + yout + (spec.partial_len() as f64) * f,
+            );
 
         let rw = base("reduce_weight")
             .bind(8, Bind::ReadWrite)
             .bind(9, Bind::ReadWrite);
-        let reduce_weight = gpu.dispatch(
-            &rw,
-            u,
-            &[g.partial, g.grads],
-            [groups_for(d.n_params(), WG as usize), 1, 1],
-        )?;
+        let reduce_weight = gpu
+            .dispatch(
+                &rw,
+                u,
+                &[g.partial, g.grads],
+                [groups_for(d.n_params(), WG as usize), 1, 1],
+            )?
+            .with_work(
+                spec.partial_len() as f64,
+                (spec.partial_len() as f64 + d.n_params() as f64) * f,
+            );
         let mut backward = vec![backward_weight, reduce_weight];
         if spec.input_grad != InputGrad::Skip {
             backward.push(backward_input);

@@ -86,12 +86,15 @@ impl Coupling {
             .bind(3, Bind::Read)
             .bind(4, Bind::ReadWrite)
             .bind(5, Bind::ReadWrite);
-        let forward = gpu.dispatch(
-            &fwd,
-            u,
-            &[&b.lattice.parity, b.x, b.st, b.y, b.logq],
-            groups,
-        )?;
+        let bytes = (n * 4) as f64;
+        let forward = gpu
+            .dispatch(
+                &fwd,
+                u,
+                &[&b.lattice.parity, b.x, b.st, b.y, b.logq],
+                groups,
+            )?
+            .with_work(3.0 * n as f64, 4.0 * bytes);
         let bwd = base("backward")
             .bind(2, Bind::Read)
             .bind(3, Bind::Read)
@@ -101,12 +104,15 @@ impl Coupling {
             .bind(9, Bind::Read);
         let backward = match &b.grad {
             None => None,
-            Some(g) => Some(gpu.dispatch(
-                &bwd,
-                u,
-                &[&b.lattice.parity, b.x, b.st, g.gy, g.gx, g.gst, g.glogq],
-                groups,
-            )?),
+            Some(g) => Some(
+                gpu.dispatch(
+                    &bwd,
+                    u,
+                    &[&b.lattice.parity, b.x, b.st, g.gy, g.gx, g.gst, g.glogq],
+                    groups,
+                )?
+                .with_work(8.0 * n as f64, 7.0 * bytes),
+            ),
         };
         Ok(Coupling {
             spec,

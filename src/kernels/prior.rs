@@ -135,12 +135,18 @@ impl Prior {
             .bind(1, Bind::Read)
             .bind(2, Bind::ReadWrite)
             .bind(3, Bind::ReadWrite);
-        let sample = gpu.dispatch(
-            &k,
-            Some(bytemuck::bytes_of(&u)),
-            &[counter, z, logq],
-            [spec.batch as u32, 1, 1],
-        )?;
+        let sample = gpu
+            .dispatch(
+                &k,
+                Some(bytemuck::bytes_of(&u)),
+                &[counter, z, logq],
+                [spec.batch as u32, 1, 1],
+            )?
+            // Philox-10 is about 130 integer operations per 4 sites; count them as work.
+            .with_work(
+                40.0 * (spec.batch * spec.volume) as f64,
+                4.0 * (spec.batch * spec.volume) as f64,
+            );
         Ok(Prior { spec, sample })
     }
 }

@@ -1,0 +1,221 @@
+//! The benchmark: the training step of a config (median wall time of one submitted and completed
+//! step), each kernel of that step timed alone with GPU timestamps (GFLOP/s and GB/s from the
+//! kernels' work models), proposals per second, and the planned memory.
+
+use crate::config::Config;
+use crate::flow::FlowSpec;
+use crate::gpu::Gpu;
+use crate::gpu::timing::median;
+use crate::kernels::prior::stream;
+use crate::proposals::Proposer;
+use crate::tape::{Mode, Tape, TapeSpec};
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct KernelRow {
+    /// The kernel with its specialisation, e.g. `conv.forward[CIN=8,COUT=8,TAPS=9,WG=64,...]`.
+    pub name: String,
+    /// Launches per training step.
+    pub calls: usize,
+    /// Median seconds of one launch.
+    pub median_s: f64,
+    /// Seconds per training step (calls x median).
+    pub step_s: f64,
+    pub gflops: f64,
+    pub gbs: f64,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct BenchReport {
+    pub adapter: String,
+    pub backend: String,
+    pub device_type: String,
+    pub timestamps: bool,
+    pub config: String,
+    pub nd: usize,
+    pub l: usize,
+    pub batch: usize,
+    pub parameters: usize,
+    /// Median seconds of one training step, submitted and waited for alone.
+    pub train_step_s: f64,
+    /// Seconds per step when steps are queued back to back as training does.
+    pub train_step_pipelined_s: f64,
+    pub dispatches_per_step: usize,
+    /// Useful GFLOP of the convolutions of one step (forward and both backwards).
+    pub step_gflop: f64,
+    pub sample_per_s: f64,
+    pub sample_batch: usize,
+    pub memory_bytes: u64,
+    /// Sum of the kernels timed alone (the step minus launch and barrier overhead).
+    pub kernels_sum_s: f64,
+    pub kernels: Vec<KernelRow>,
+}
+
+pub struct BenchOptions {
+    pub steps: usize,
+    pub reps: usize,
+    pub sample_batch: usize,
+    pub sample_batches: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            steps: 20,
+            reps: 5,
+            sample_batch: 1024,
+            sample_batches: 4,
+        }
+    }
+}
+
+pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<BenchReport> {
+    let flow = FlowSpec::from_config(cfg);
+    let t = &cfg.training;
+    let params = gpu.upload("parameters", &flow.init_params(cfg.model.seed))?;
+    let counter = gpu.upload("step counter", &[0u32; 4])?;
+    let tape = Tape::new(
+        gpu,
+        TapeSpec {
+            flow: flow.clone(),
+            batch: t.batchsize,
+            mode: Mode::Train,
+            prior: t.prior.clone(),
+            seed: t.seed,
+            stream: stream::TRAIN,
+            m2: cfg.physical.m2,
+            lam: cfg.physical.lam,
+            // Tiny steps keep the weights near their start while we time them.
+            lr: 1e-7,
+            batch_key: "training.batchsize",
+        },
+        &params,
+        &counter,
+    )?;
+    // Warm up: pipelines compiled, caches filled.
+    for _ in 0..3 {
+        tape.submit_step(gpu);
+    }
+    gpu.wait()?;
+    let mut step_times = Vec::with_capacity(o.steps);
+    for _ in 0..o.steps {
+        let s = Instant::now();
+        tape.submit_step(gpu);
+        gpu.wait()?;
+        step_times.push(s.elapsed().as_secs_f64());
+    }
+    let s = Instant::now();
+    for i in 0..o.steps {
+        tape.submit_step(gpu);
+        if i % 10 == 9 {
+            gpu.wait()?;
+        }
+    }
+    gpu.wait()?;
+    let pipelined = s.elapsed().as_secs_f64() / o.steps as f64;
+
+    // Each kernel alone, in step order.
+    let dispatches = tape.step_dispatches();
+    let times = gpu.time_dispatches(&dispatches, o.reps)?;
+    let mut groups: BTreeMap<String, (usize, Vec<f64>, f64, f64)> = BTreeMap::new();
+    for (d, t) in dispatches.iter().zip(&times) {
+        let e = groups
+            .entry(d.label.clone())
+            .or_insert((0, vec![], d.work.flops, d.work.bytes));
+        e.0 += 1;
+        e.1.push(*t);
+    }
+    let mut kernels: Vec<KernelRow> = groups
+        .into_iter()
+        .map(|(name, (calls, ts, flops, bytes))| {
+            let m = median(ts);
+            KernelRow {
+                name,
+                calls,
+                median_s: m,
+                step_s: m * calls as f64,
+                gflops: flops / m / 1e9,
+                gbs: bytes / m / 1e9,
+            }
+        })
+        .collect();
+    kernels.sort_by(|a, b| b.step_s.total_cmp(&a.step_s));
+    let kernels_sum_s = times.iter().sum();
+
+    // Proposals per second at the sampling batch.
+    let proposer = Proposer::new(gpu, cfg, &params, o.sample_batch, stream::SAMPLE, "--batch")?;
+    proposer.draw(gpu, 0, o.sample_batch, false, |_| {})?;
+    let s = Instant::now();
+    let n = o.sample_batch * o.sample_batches;
+    proposer.draw(gpu, 1, n, false, |_| {})?;
+    let sample_per_s = n as f64 / s.elapsed().as_secs_f64();
+
+    let info = &gpu.info;
+    Ok(BenchReport {
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        timestamps: gpu.has_timestamps(),
+        config: name.to_string(),
+        nd: flow.lattice.nd,
+        l: flow.lattice.l,
+        batch: t.batchsize,
+        parameters: flow.n_params(),
+        train_step_s: median(step_times),
+        train_step_pipelined_s: pipelined,
+        dispatches_per_step: dispatches.len(),
+        step_gflop: 3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9,
+        sample_per_s,
+        sample_batch: o.sample_batch,
+        memory_bytes: tape.memory_bytes() + proposer.tape.memory_bytes(),
+        kernels_sum_s,
+        kernels,
+    })
+}
+
+/// The human-readable table.
+pub fn print(r: &BenchReport) {
+    println!(
+        "{} ({}, {}), timestamps {}",
+        r.adapter, r.backend, r.device_type, r.timestamps
+    );
+    println!(
+        "config {}: Nd = {}, L = {}, batch {}, {} parameters, {} dispatches per step",
+        r.config, r.nd, r.l, r.batch, r.parameters, r.dispatches_per_step
+    );
+    println!(
+        "training step {:.3} ms (alone), {:.3} ms (pipelined); {:.3} GFLOP -> {:.2} GFLOP/s",
+        r.train_step_s * 1e3,
+        r.train_step_pipelined_s * 1e3,
+        r.step_gflop,
+        r.step_gflop / r.train_step_s
+    );
+    println!(
+        "sampling {:.0} proposals/s (batch {}); planned memory {:.2} MiB",
+        r.sample_per_s,
+        r.sample_batch,
+        r.memory_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "kernels timed alone sum to {:.3} ms per step:",
+        r.kernels_sum_s * 1e3
+    );
+    println!(
+        "  {:>9} {:>6} {:>10} {:>8} {:>8}  kernel",
+        "ms/step", "calls", "us/call", "GFLOP/s", "GB/s"
+    );
+    for k in &r.kernels {
+        println!(
+            "  {:>9.3} {:>6} {:>10.1} {:>8.2} {:>8.2}  {}",
+            k.step_s * 1e3,
+            k.calls,
+            k.median_s * 1e6,
+            k.gflops,
+            k.gbs,
+            k.name
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Checkpoints in safetensors: the weights under PyTorch's names for the reference model
+//! (`layers.{l}.net.{2j}.weight` [cout, cin, k, ..., k] and `.bias`, so `load_state_dict`
+//! takes them), Adam's moments, the step counter, and the training state in the metadata.
+//! Written atomically; loading checks every name, shape and type and says what is wrong.
+
+use crate::files::write_atomic;
+use crate::flow::FlowSpec;
+use anyhow::{Context, Result, anyhow, bail};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+const FORMAT: &str = "gomaflow-wgpu checkpoint 1";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// The flat parameters (the layout of `FlowSpec::convs`).
+    pub params: Vec<f32>,
+    /// Adam's first and second moments, flat like the parameters.
+    pub adam: Option<(Vec<f32>, Vec<f32>)>,
+    /// Training steps done (the prior's draw counter and Adam's t).
+    pub step: u64,
+    /// Epochs whose evaluation is done.
+    pub evaluated_epochs: u64,
+    /// Best MH acceptance seen at an evaluation (for best.safetensors).
+    pub best_acceptance: f64,
+    /// Training wall time so far, across resumes.
+    pub elapsed_s: f64,
+}
+
+/// A one-line description of the architecture, stored to catch mismatched resumes.
+pub fn describe(flow: &FlowSpec) -> String {
+    format!(
+        "Nd={} L={} n_layers={} hidden_sizes={:?} kernel_size={} use_final_tanh={}",
+        flow.lattice.nd,
+        flow.lattice.l,
+        flow.n_layers,
+        flow.hidden,
+        flow.kernel_size,
+        flow.final_tanh
+    )
+}
+
+fn weight_name(l: usize, j: usize) -> String {
+    format!("layers.{l}.net.{}.weight", 2 * j)
+}
+fn bias_name(l: usize, j: usize) -> String {
+    format!("layers.{l}.net.{}.bias", 2 * j)
+}
+
+fn bytes(x: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(x)
+}
+
+pub fn save(path: &Path, flow: &FlowSpec, ck: &Checkpoint) -> Result<()> {
+    let k = flow.kernel_size;
+    let nd = flow.lattice.nd;
+    let mut tensors: Vec<(String, TensorView)> = Vec::new();
+    for l in 0..flow.n_layers {
+        for (j, c) in flow.convs(l).iter().enumerate() {
+            let nk = c.cout * c.cin * flow.taps();
+            let mut shape = vec![c.cout, c.cin];
+            shape.extend(std::iter::repeat_n(k, nd));
+            let w = &ck.params[c.offset..c.offset + nk];
+            let b = &ck.params[c.offset + nk..c.offset + nk + c.cout];
+            tensors.push((
+                weight_name(l, j),
+                TensorView::new(Dtype::F32, shape, bytes(w))?,
+            ));
+            tensors.push((
+                bias_name(l, j),
+                TensorView::new(Dtype::F32, vec![c.cout], bytes(b))?,
+            ));
+        }
+    }
+    if let Some((m, v)) = &ck.adam {
+        tensors.push((
+            "adam.m".into(),
+            TensorView::new(Dtype::F32, vec![m.len()], bytes(m))?,
+        ));
+        tensors.push((
+            "adam.v".into(),
+            TensorView::new(Dtype::F32, vec![v.len()], bytes(v))?,
+        ));
+    }
+    let meta: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("flow", describe(flow)),
+        ("step", ck.step.to_string()),
+        ("evaluated_epochs", ck.evaluated_epochs.to_string()),
+        ("best_acceptance", format!("{:e}", ck.best_acceptance)),
+        ("elapsed_s", format!("{:e}", ck.elapsed_s)),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b))
+    .collect();
+    let data = safetensors::serialize(tensors, Some(meta))
+        .map_err(|e| anyhow!("serialising checkpoint {}: {e}", path.display()))?;
+    write_atomic(path, &data)
+}
+
+fn f32s(view: &TensorView, name: &str, file: &str) -> Result<Vec<f32>> {
+    if view.dtype() != Dtype::F32 {
+        bail!(
+            "{file}: tensor {name} has dtype {:?}, expected F32",
+            view.dtype()
+        );
+    }
+    Ok(view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Load a checkpoint for `flow`. With `strict_lattice = false` a checkpoint of the same network
+/// on another lattice size is accepted (the convolutions do not depend on L).
+pub fn load(path: &Path, flow: &FlowSpec, strict_lattice: bool) -> Result<Checkpoint> {
+    let file = path.display().to_string();
+    let data = std::fs::read(path).with_context(|| format!("cannot read checkpoint {file}"))?;
+    let st = SafeTensors::deserialize(&data).map_err(|e| {
+        anyhow!("{file} is not a valid safetensors checkpoint (corrupt or truncated?): {e}")
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(&data)
+        .map_err(|e| anyhow!("{file}: unreadable safetensors header: {e}"))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let format = meta.get("format").map(String::as_str).unwrap_or("");
+    if format != FORMAT {
+        bail!("{file} is not a gomaflow-wgpu checkpoint (format {format:?}, expected {FORMAT:?})");
+    }
+    let stored = meta.get("flow").cloned().unwrap_or_default();
+    if strict_lattice && stored != describe(flow) {
+        bail!(
+            "{file} was written for a different model:\n  checkpoint: {stored}\n  config:     {}",
+            describe(flow)
+        );
+    }
+    let num = |key: &str| -> Result<f64> {
+        meta.get(key)
+            .ok_or_else(|| anyhow!("{file}: metadata lacks {key}"))?
+            .parse::<f64>()
+            .map_err(|_| anyhow!("{file}: metadata {key} is not a number"))
+    };
+    let mut params = vec![0f32; flow.n_params()];
+    let k = flow.kernel_size;
+    for l in 0..flow.n_layers {
+        for (j, c) in flow.convs(l).iter().enumerate() {
+            let nk = c.cout * c.cin * flow.taps();
+            let mut shape = vec![c.cout, c.cin];
+            shape.extend(std::iter::repeat_n(k, flow.lattice.nd));
+            for (name, want, off) in [
+                (weight_name(l, j), shape, c.offset),
+                (bias_name(l, j), vec![c.cout], c.offset + nk),
+            ] {
+                let t = st.tensor(&name).map_err(|_| {
+                    anyhow!(
+                        "{file} has no tensor {name}: it was written for another model \
+                         (checkpoint: {stored}; config: {})",
+                        describe(flow)
+                    )
+                })?;
+                if t.shape() != want.as_slice() {
+                    bail!(
+                        "{file}: tensor {name} has shape {:?}, the config needs {want:?} \
+                         (checkpoint: {stored}; config: {})",
+                        t.shape(),
+                        describe(flow)
+                    );
+                }
+                let v = f32s(&t, &name, &file)?;
+                params[off..off + v.len()].copy_from_slice(&v);
+            }
+        }
+    }
+    if let Some(bad) = params.iter().position(|v| !v.is_finite()) {
+        bail!("{file}: parameter {bad} is not finite; the checkpoint is corrupt");
+    }
+    let adam = match (st.tensor("adam.m"), st.tensor("adam.v")) {
+        (Ok(m), Ok(v)) => {
+            let (m, v) = (f32s(&m, "adam.m", &file)?, f32s(&v, "adam.v", &file)?);
+            if m.len() != params.len() || v.len() != params.len() {
+                bail!(
+                    "{file}: Adam moments have {} entries, the model {}",
+                    m.len(),
+                    params.len()
+                );
+            }
+            Some((m, v))
+        }
+        _ => None,
+    };
+    Ok(Checkpoint {
+        params,
+        adam,
+        step: num("step")? as u64,
+        evaluated_epochs: num("evaluated_epochs")? as u64,
+        best_acceptance: num("best_acceptance")?,
+        elapsed_s: num("elapsed_s")?,
+    })
+}

@@ -1,0 +1,202 @@
+//! `gomaflow-wgpu train CONFIG.toml`: train a flow into a run directory.
+
+use crate::config::Config;
+use crate::flow::FlowSpec;
+use crate::gpu::{AdapterChoice, Gpu};
+use crate::kernels::prior::stream;
+use crate::proposals::Proposer;
+use crate::tape::{Mode, Tape, TapeSpec};
+use crate::train::{Outcome, TrainOptions, train};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct Args {
+    pub config: PathBuf,
+    pub out: Option<PathBuf>,
+    pub resume: bool,
+    pub dry_run: bool,
+    pub adapter: Option<String>,
+    pub epochs: Option<u64>,
+}
+
+/// `runs/<config file stem>`.
+pub fn default_run_dir(config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    PathBuf::from("runs").join(stem)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.2} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// `--dry-run`: the config, the model, the buffer plan, the adapter.
+fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
+    let flow = FlowSpec::from_config(cfg);
+    let t = &cfg.training;
+    let params = gpu.upload("parameters", &flow.init_params(cfg.model.seed))?;
+    let counter = gpu.upload("step counter", &[0u32; 4])?;
+    let tape = Tape::new(
+        gpu,
+        TapeSpec {
+            flow: flow.clone(),
+            batch: t.batchsize,
+            mode: Mode::Train,
+            prior: t.prior.clone(),
+            seed: t.seed,
+            stream: stream::TRAIN,
+            m2: cfg.physical.m2,
+            lam: cfg.physical.lam,
+            lr: cfg.lr(1),
+            batch_key: "training.batchsize",
+        },
+        &params,
+        &counter,
+    )?;
+    let eval = Proposer::new(
+        gpu,
+        cfg,
+        &params,
+        t.eval_batchsize.min(t.eval_samples),
+        stream::EVAL,
+        "training.eval_batchsize",
+    )?;
+    let p = &cfg.physical;
+    println!("config      {}", cfg.source.display());
+    println!(
+        "physics     Nd = {}, L = {} ({} sites), m² = {}, λ = {}",
+        p.nd,
+        p.l,
+        flow.lattice.volume(),
+        p.m2,
+        p.lam
+    );
+    println!(
+        "model       {} coupling layers, channels {:?}, kernel {}^{}, final tanh {}: {} parameters",
+        flow.n_layers,
+        flow.channels(),
+        flow.kernel_size,
+        p.nd,
+        flow.final_tanh,
+        flow.n_params()
+    );
+    println!("prior       {}", t.prior.julia());
+    println!(
+        "training    {} epochs x {} steps, batch {}, Adam lr {} (schedule {:?}), seed {}",
+        t.epochs,
+        t.iterations,
+        t.batchsize,
+        cfg.lr(1),
+        t.lr_scheduler.julia(),
+        t.seed
+    );
+    println!(
+        "evaluation  {} proposals per epoch in batches of {}",
+        t.eval_samples,
+        t.eval_batchsize.min(t.eval_samples)
+    );
+    println!(
+        "work        {:.3} GFLOP per training step (forward + backward convolutions)",
+        3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9
+    );
+    println!(
+        "step        {} dispatches in one submit",
+        tape.step_dispatches().len()
+    );
+    println!("buffers     training tape {}:", mib(tape.memory_bytes()));
+    for (label, bytes) in &tape.buffers {
+        if *bytes >= 1 << 16 {
+            println!("              {label:<28} {}", mib(*bytes));
+        }
+    }
+    println!(
+        "            evaluation tape {}; smaller buffers not listed",
+        mib(eval.tape.memory_bytes())
+    );
+    println!(
+        "total       {} on the GPU",
+        mib(tape.memory_bytes() + eval.tape.memory_bytes())
+    );
+    println!("adapter     {}", gpu.describe());
+    println!("run dir     {}", out.display());
+    Ok(())
+}
+
+/// Returns the process exit code.
+pub fn run(args: Args) -> Result<u8> {
+    let cfg = Config::load(&args.config)?;
+    let gpu = Gpu::new(&AdapterChoice::new(args.adapter.as_deref(), cfg.device_id))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_run_dir(&args.config));
+    if args.dry_run {
+        dry_run(&gpu, &cfg, &out)?;
+        return Ok(0);
+    }
+    // Ctrl-C: finish the step in flight, save a checkpoint, exit.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: the user insists.
+            std::process::exit(130);
+        }
+    });
+    let outcome = train(
+        &gpu,
+        &cfg,
+        &TrainOptions {
+            out: out.clone(),
+            resume: args.resume,
+            epochs: args.epochs,
+        },
+        &interrupt,
+    )?;
+    match outcome {
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "interrupted at step {step}: checkpoint saved in {}; continue with\n  \
+                 gomaflow-wgpu train {} --out {} --resume",
+                out.display(),
+                args.config.display(),
+                out.display()
+            );
+            Ok(130)
+        }
+        Outcome::Finished {
+            last,
+            final_eval,
+            train_s,
+        } => {
+            let v = FlowSpec::from_config(&cfg).lattice.volume() as f64;
+            println!("trained in {train_s:.1} s on {}", gpu.describe());
+            if let Some(r) = last {
+                println!(
+                    "last epoch {}: loss {:.4}, ESS {:.4}, acceptance {:.4}",
+                    r.epoch, r.loss, r.ess, r.acceptance_rate
+                );
+            }
+            println!(
+                "final evaluation on {} fresh proposals: loss {:.4} ± {:.4} (per site {:.5}), \
+                 ESS per sample {:.4}, MH acceptance {:.4}",
+                final_eval.samples,
+                final_eval.loss,
+                final_eval.loss_std_err,
+                final_eval.loss / v,
+                final_eval.ess,
+                final_eval.acceptance
+            );
+            println!(
+                "run directory {}: config.toml, evaluations.csv, history.png, \
+                 checkpoint.safetensors, best.safetensors, summary.json",
+                out.display()
+            );
+            Ok(0)
+        }
+    }
+}
