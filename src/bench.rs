@@ -146,7 +146,15 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     let kernels_sum_s = times.iter().sum();
 
     // Proposals per second at the sampling batch.
-    let proposer = Proposer::new(gpu, cfg, &params, o.sample_batch, stream::SAMPLE, "--batch")?;
+    let proposer = Proposer::new(
+        gpu,
+        cfg,
+        &params,
+        o.sample_batch,
+        t.seed,
+        stream::SAMPLE,
+        "--batch",
+    )?;
     proposer.draw(gpu, 0, o.sample_batch, false, |_| {})?;
     let s = Instant::now();
     let n = o.sample_batch * o.sample_batches;

@@ -38,3 +38,64 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dir.join(".write-test"));
     Ok(())
 }
+
+/// Streams f32 rows into a NumPy .npy file of a known shape, under a temporary name until
+/// `finish` renames it into place.
+pub struct NpyWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    rows_left: usize,
+    row_len: usize,
+}
+
+impl NpyWriter {
+    /// `shape` = [rows, dims...]; each `write_row` takes the product of dims values.
+    pub fn create(path: &Path, shape: &[usize]) -> Result<NpyWriter> {
+        let tmp = temp_path(path);
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(f);
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let shape_s = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        let mut header =
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
+        // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        out.write_all(b"\x93NUMPY\x01\x00")?;
+        out.write_all(&(header.len() as u16).to_le_bytes())?;
+        out.write_all(header.as_bytes())?;
+        Ok(NpyWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out,
+            rows_left: shape[0],
+            row_len: shape[1..].iter().product(),
+        })
+    }
+
+    pub fn write_row(&mut self, row: &[f32]) -> Result<()> {
+        anyhow::ensure!(
+            row.len() == self.row_len && self.rows_left > 0,
+            "npy row of the wrong size"
+        );
+        self.out.write_all(bytemuck::cast_slice(row))?;
+        self.rows_left -= 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        anyhow::ensure!(self.rows_left == 0, "npy file short of rows");
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}

@@ -38,6 +38,63 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         epochs: Option<u64>,
     },
+    /// Run the exact Markov chain a trained flow drives and measure observables with errors.
+    Sample {
+        /// The run directory of `train`.
+        run_dir: PathBuf,
+        /// Chain length (proposals), burn-in included.
+        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(2..=100_000_000))]
+        samples: u64,
+        /// Steps discarded at the start of the chain.
+        #[arg(long, default_value_t = 1000)]
+        burn_in: u64,
+        /// Seed of the proposals and the accept/reject decisions [default: training.seed].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Write the chain's configurations (after burn-in) as .npy, shape [N, L, ..., L].
+        #[arg(long)]
+        save_npy: Option<PathBuf>,
+        /// Proposals per GPU batch.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65535))]
+        batch: u64,
+        /// Use the last checkpoint instead of the best (by acceptance).
+        #[arg(long)]
+        latest: bool,
+        /// Use the adapter whose name contains this (see `devices`).
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// HMC on the GPU for a config's action: the baseline every flow result is checked against.
+    Hmc {
+        config: PathBuf,
+        /// Measured trajectories per chain (after burn-in).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
+        trajectories: u64,
+        /// Independent chains run side by side.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65535))]
+        chains: u64,
+        /// Trajectories discarded first; the step size is tuned in the first half.
+        #[arg(long, default_value_t = 200)]
+        burn_in: u64,
+        /// Leapfrog steps per trajectory.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        steps: u64,
+        /// Initial leapfrog step size (tuned towards 80% acceptance during burn-in).
+        #[arg(long, default_value_t = 0.1)]
+        step_size: f64,
+        /// Seed [default: training.seed].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Use the adapter whose name contains this (see `devices`).
+        #[arg(long)]
+        adapter: Option<String>,
+    },
     /// Time the training step, every kernel, and sampling for a config (the tutorial if none).
     Bench {
         config: Option<PathBuf>,
@@ -85,6 +142,52 @@ fn main() -> ExitCode {
             adapter,
             epochs,
         }),
+        Command::Sample {
+            run_dir,
+            samples,
+            burn_in,
+            seed,
+            json,
+            save_npy,
+            batch,
+            latest,
+            adapter,
+        } => commands::sample::run(
+            run_dir,
+            gomaflow_wgpu::sample::SampleOptions {
+                samples: samples as usize,
+                burn_in: burn_in as usize,
+                seed,
+                batch: batch as usize,
+                latest,
+                save_npy,
+            },
+            json,
+            adapter,
+        )
+        .map(|()| 0),
+        Command::Hmc {
+            config,
+            trajectories,
+            chains,
+            burn_in,
+            steps,
+            step_size,
+            seed,
+            json,
+            adapter,
+        } => commands::hmc::run(commands::hmc::Args {
+            config,
+            trajectories: trajectories as usize,
+            chains: chains as usize,
+            burn_in: burn_in as usize,
+            steps: steps as usize,
+            step_size,
+            seed,
+            json,
+            adapter,
+        })
+        .map(|()| 0),
         Command::Bench {
             config,
             json,

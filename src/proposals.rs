@@ -47,6 +47,7 @@ impl Proposer {
         cfg: &Config,
         params: &GpuBuffer,
         batch: usize,
+        seed: u64,
         stream: u32,
         batch_key: &'static str,
     ) -> Result<Proposer> {
@@ -56,7 +57,7 @@ impl Proposer {
             batch,
             mode: Mode::Infer,
             prior: cfg.training.prior.clone(),
-            seed: cfg.training.seed,
+            seed,
             stream,
             m2: cfg.physical.m2,
             lam: cfg.physical.lam,

@@ -268,6 +268,7 @@ pub fn train(
         cfg,
         &params,
         eval_batch,
+        t.seed,
         stream::EVAL,
         "training.eval_batchsize",
     )?;

@@ -47,7 +47,7 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
             }
         }
         Shader::Prior => v.push(vec![("WG", 32)]),
-        Shader::Reduce | Shader::Adam => {}
+        Shader::Reduce | Shader::Adam | Shader::Hmc => {}
     }
     v
 }

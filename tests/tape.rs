@@ -85,9 +85,9 @@ fn train_steps(label: &str, f: &FlowSpec, batch: usize, prior: PriorKind, steps:
             // The reference backward is the derivative of the reference loss, every parameter.
             let loss_of = |q: &[f64]| reference::loss_and_grad(f, q, &z, &logr, -4.0, 8.0).0;
             let mut worst: f64 = 0.0;
-            for i in 0..n {
+            for (i, gi) in grad.iter().enumerate() {
                 let d = central_diff(&loss_of, &p, i, 1e-5);
-                worst = worst.max((d - grad[i]).abs() / (1.0 + grad[i].abs()));
+                worst = worst.max((d - gi).abs() / (1.0 + gi.abs()));
             }
             eprintln!(
                 "CHECK {label} reference gradient vs finite differences, all {n} parameters: max error {worst:.2e} (tolerance 1e-6)"

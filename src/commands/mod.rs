@@ -2,4 +2,6 @@
 
 pub mod bench;
 pub mod devices;
+pub mod hmc;
+pub mod sample;
 pub mod train;

@@ -62,6 +62,7 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         cfg,
         &params,
         t.eval_batchsize.min(t.eval_samples),
+        t.seed,
         stream::EVAL,
         "training.eval_batchsize",
     )?;

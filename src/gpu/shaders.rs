@@ -17,16 +17,18 @@ pub enum Shader {
     Prior,
     Reduce,
     Adam,
+    Hmc,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 6] = [
+    pub const ALL: [Shader; 7] = [
         Shader::Conv,
         Shader::Coupling,
         Shader::Action,
         Shader::Prior,
         Shader::Reduce,
         Shader::Adam,
+        Shader::Hmc,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +39,7 @@ impl Shader {
             Shader::Prior => "prior",
             Shader::Reduce => "reduce",
             Shader::Adam => "adam",
+            Shader::Hmc => "hmc",
         }
     }
 
@@ -49,6 +52,7 @@ impl Shader {
             Shader::Prior => include_str!("../../shaders/prior.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Adam => include_str!("../../shaders/adam.wgsl"),
+            Shader::Hmc => include_str!("../../shaders/hmc.wgsl"),
         }
     }
 

@@ -86,8 +86,9 @@ impl ConvSpec {
 
     pub fn default_chunk(dims: &ConvDims, kernel_size: usize, software: bool) -> usize {
         let target_threads: usize = if software { 1024 } else { 16384 };
+        let threads_per_chunk = dims.cin * dims.taps / kernel_size;
         let chunks = target_threads
-            .div_ceil(dims.n_params())
+            .div_ceil(threads_per_chunk)
             .clamp(1, dims.batch);
         dims.batch.div_ceil(chunks)
     }

@@ -2,9 +2,11 @@
 //! that prints the largest error it saw (run with `--nocapture` to see every line).
 #![allow(dead_code)]
 
+use gomaflow_wgpu::config::Config;
 use gomaflow_wgpu::gpu::{AdapterChoice, Gpu, GpuBuffer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// The adapter every test runs on: the first of `gomaflow-wgpu devices` (lavapipe on a machine
@@ -113,4 +115,62 @@ pub fn check_fd(
 
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// A small config of the tutorial's form for tests.
+#[allow(clippy::too_many_arguments)]
+pub fn config(
+    nd: usize,
+    l: usize,
+    m2: f64,
+    lam: f64,
+    layers: usize,
+    hidden: &str,
+    epochs: u64,
+    iterations: u64,
+) -> String {
+    format!(
+        r#"[config]
+version = "0.1.0"
+[training]
+seed = 7
+batchsize = 64
+epochs = {epochs}
+iterations = {iterations}
+base_lr = 0.001
+opt = "Adam"
+prior = "Normal{{Float32}}(0.f0, 1.f0)"
+lr_scheduler = ""
+pretrained = ""
+eval_samples = 2048
+eval_batchsize = 1024
+[physical]
+L = {l}
+Nd = {nd}
+M2 = {m2:?}
+lam = {lam:?}
+[model]
+seed = 0
+n_layers = {layers}
+hidden_sizes = {hidden}
+kernel_size = 3
+inC = 1
+outC = 2
+use_final_tanh = true
+use_bn = false
+"#
+    )
+}
+
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gomaflow-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn load(dir: &std::path::Path, text: &str) -> Config {
+    let p = dir.join("config.in.toml");
+    std::fs::write(&p, text).unwrap();
+    Config::load(&p).unwrap()
 }

@@ -1,0 +1,149 @@
+//! Sampling with a trained flow: proposals drawn on the GPU in batches (log q and S computed
+//! there), the independence Metropolis-Hastings chain on the host, and the observables measured
+//! on the chain's configurations.
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::files::NpyWriter;
+use crate::flow::FlowSpec;
+use crate::gpu::Gpu;
+use crate::kernels::prior::stream;
+use crate::kernels::reduce::reference::ess_per_sample;
+use crate::lattice::Lattice;
+use crate::observables::{Measurement, tau_acceptance};
+use crate::proposals::Proposer;
+use crate::rng::Philox;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    /// Chain length (proposals drawn), burn-in included.
+    pub samples: usize,
+    pub burn_in: usize,
+    /// Keys the proposals and the accept/reject uniforms (default: training.seed).
+    pub seed: Option<u64>,
+    pub batch: usize,
+    /// Use checkpoint.safetensors instead of best.safetensors.
+    pub latest: bool,
+    pub save_npy: Option<PathBuf>,
+}
+
+pub struct SampleRun {
+    pub cfg: Config,
+    pub checkpoint: PathBuf,
+    /// Primaries of the chain's state at each step after burn-in.
+    pub primaries: Vec<Vec<f64>>,
+    pub accepted: Vec<bool>,
+    pub acceptance: f64,
+    pub ess: f64,
+    pub tau_acc: f64,
+    pub seconds: f64,
+}
+
+/// The config and the checkpoint a run directory offers.
+pub fn open_run(dir: &Path, latest: bool) -> Result<(Config, PathBuf)> {
+    if !dir.is_dir() {
+        bail!(
+            "run directory {} does not exist (train one with `gomaflow-wgpu train CONFIG.toml --out {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let cfg_path = dir.join("config.toml");
+    let cfg = Config::load(&cfg_path)
+        .with_context(|| format!("{} is not a usable run directory", dir.display()))?;
+    let best = dir.join("best.safetensors");
+    let last = dir.join("checkpoint.safetensors");
+    let ck = if !latest && best.exists() { best } else { last };
+    if !ck.exists() {
+        bail!(
+            "{} holds no checkpoint (checkpoint.safetensors or best.safetensors)",
+            dir.display()
+        );
+    }
+    Ok((cfg, ck))
+}
+
+pub fn run(
+    gpu: &Gpu,
+    dir: &Path,
+    o: &SampleOptions,
+    mut progress: impl FnMut(usize),
+) -> Result<SampleRun> {
+    if o.burn_in >= o.samples {
+        bail!(
+            "--burn-in {} must be below --samples {}",
+            o.burn_in,
+            o.samples
+        );
+    }
+    let (cfg, ck_path) = open_run(dir, o.latest)?;
+    let flow = FlowSpec::from_config(&cfg);
+    let ck = checkpoint::load(&ck_path, &flow, true)?;
+    let params = gpu.upload("parameters", &ck.params)?;
+    let seed = o.seed.unwrap_or(cfg.training.seed);
+    let batch = o.batch.min(o.samples);
+    let proposer = Proposer::new(gpu, &cfg, &params, batch, seed, stream::SAMPLE, "--batch")?;
+    let lat = Lattice::new(cfg.physical.nd, cfg.physical.l);
+    let v = lat.volume();
+    let mut npy = match &o.save_npy {
+        Some(p) => {
+            let mut shape = vec![o.samples - o.burn_in];
+            shape.extend(lat.shape());
+            Some(NpyWriter::create(p, &shape)?)
+        }
+        None => None,
+    };
+
+    let start = Instant::now();
+    let mut rng = Philox::new(seed, 0x5A3D);
+    let mut logw_all = Vec::with_capacity(o.samples);
+    let mut accepted = Vec::with_capacity(o.samples);
+    let mut primaries = Vec::with_capacity(o.samples - o.burn_in);
+    let mut cur_lw = f64::NAN;
+    let mut cur_phi: Vec<f32> = vec![];
+    let mut cur_meas: Vec<f64> = vec![];
+    let mut draw = 0u32;
+    while logw_all.len() < o.samples {
+        let take = batch.min(o.samples - logw_all.len());
+        let p = proposer.draw(gpu, draw, take, true, |_| {})?;
+        draw += 1;
+        for (k, lw) in p.logw().into_iter().enumerate() {
+            let i = logw_all.len();
+            let acc = i == 0 || {
+                let a = lw - cur_lw;
+                a >= 0.0 || rng.uniform() < a.exp()
+            };
+            if acc {
+                cur_lw = lw;
+                cur_phi = p.phi[k * v..(k + 1) * v].to_vec();
+                cur_meas = Measurement::of(&lat, &cur_phi).primaries();
+            }
+            accepted.push(acc);
+            logw_all.push(lw);
+            if i >= o.burn_in {
+                primaries.push(cur_meas.clone());
+                if let Some(w) = npy.as_mut() {
+                    w.write_row(&cur_phi)?;
+                }
+            }
+        }
+        progress(logw_all.len());
+    }
+    if let Some(w) = npy {
+        w.finish()?;
+    }
+    let after = &accepted[o.burn_in.max(1)..];
+    Ok(SampleRun {
+        cfg,
+        checkpoint: ck_path,
+        acceptance: after.iter().filter(|&&a| a).count() as f64 / after.len().max(1) as f64,
+        ess: ess_per_sample(&logw_all),
+        tau_acc: tau_acceptance(after),
+        primaries,
+        accepted,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,251 @@
+//! The config format (src/config.rs): GomalizingFlow's TOML with its Julia-expression strings,
+//! every shipped config, and clear errors that name the file, the key and what is accepted.
+
+use gomaflow_wgpu::config::{Config, PriorKind, Schedule, julia};
+use std::path::Path;
+
+const TUTORIAL: &str = include_str!("../configs/phi4_2d_L8.toml");
+
+fn parse(text: &str) -> anyhow::Result<Config> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+/// The tutorial config with one line replaced (or appended to a table).
+fn with(key_line: &str, new: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in TUTORIAL.lines() {
+        if !done && line.trim_start().starts_with(key_line) {
+            out.push_str(new);
+            done = true;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(done, "no line starting with {key_line}");
+    out
+}
+
+fn error_of(text: &str) -> String {
+    format!("{:#}", parse(text).expect_err("must be rejected"))
+}
+
+#[test]
+fn julia_numbers() {
+    for (s, v) in [
+        ("0.f0", 0.0),
+        ("1.f0", 1.0),
+        ("-4f0", -4.0),
+        ("8f0", 8.0),
+        ("5.113f0", 5.113),
+        ("0.001f0", 0.001),
+        ("1e-3", 0.001),
+        ("1f-3", 0.001),
+        ("-0.53", -0.53),
+        ("8", 8.0),
+        ("2.", 2.0),
+    ] {
+        assert_eq!(julia::number(s).unwrap(), v, "{s}");
+    }
+    for bad in ["", "f0", "1..2", "abc", "1e", "--1"] {
+        assert!(julia::number(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn julia_priors_and_schedules() {
+    assert_eq!(
+        julia::prior("Normal{Float32}(0.f0, 1.f0)").unwrap(),
+        PriorKind::Normal {
+            mu: 0.0,
+            sigma: 1.0
+        }
+    );
+    assert_eq!(
+        julia::prior("Potential{Float32}(; m²=-4f0, λ=8f0)").unwrap(),
+        PriorKind::Potential {
+            m2: -4.0,
+            lam: 8.0,
+            xmin: -2.0,
+            xmax: 2.0
+        }
+    );
+    assert_eq!(
+        julia::prior("Potential{Float32}(; m²=-0.53, λ=8.0, xmin=-3, xmax=3)").unwrap(),
+        PriorKind::Potential {
+            m2: -0.53,
+            lam: 8.0,
+            xmin: -3.0,
+            xmax: 3.0
+        }
+    );
+    for bad in [
+        "Normal{Float16}(0, 1)",
+        "Normal(0, -1)",
+        "Potential(; m²=1)",
+        "Uniform(0, 1)",
+        "Potential{Float32}(; m²=-4f0, λ=8f0",
+        "Normal(0, 1) + 1",
+        "Potential(; m²=1, λ=1, k=2)",
+    ] {
+        assert!(julia::prior(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(julia::schedule("").unwrap(), Schedule::Constant);
+    let s = julia::schedule("Step(0.001f0, 0.5f0, [1500, 1500, 1500])").unwrap();
+    // Boundaries 1500, 3000, 4500: epochs 1..=1500 at lr0, 1501..=3000 halved, and so on,
+    // and no further decay after the last boundary.
+    for (epoch, lr) in [
+        (1, 1e-3),
+        (1500, 1e-3),
+        (1501, 5e-4),
+        (3000, 5e-4),
+        (3001, 2.5e-4),
+        (4501, 1.25e-4),
+        (9999, 1.25e-4),
+    ] {
+        assert!(
+            (s.lr(0.123, epoch) - lr).abs() < 1e-15,
+            "epoch {epoch}: {}",
+            s.lr(0.123, epoch)
+        );
+    }
+    assert_eq!(
+        julia::schedule("Step(0.001f0, 0.1f0, [200])")
+            .unwrap()
+            .lr(0.0, 201),
+        1e-3 * 0.1
+    );
+    for bad in [
+        "Step(0.001, 0.1)",
+        "Exp(0.001, 0.1)",
+        "Step(0.001, 0.1, [0])",
+        "Step(0.001, 0.1, [1.5])",
+    ] {
+        assert!(julia::schedule(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+/// Every config this project ships parses, and keeps the GomalizingFlow tables.
+#[test]
+fn shipped_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(c.physical.l.is_multiple_of(2));
+            // The resolved form round-trips.
+            let again = Config::parse(&c.to_toml(), &path).unwrap();
+            assert_eq!(again.physical, c.physical);
+            assert_eq!(again.model, c.model);
+            assert_eq!(again.training, c.training);
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "only {n} configs in configs/");
+}
+
+#[test]
+fn tutorial_values() {
+    let c = parse(TUTORIAL).unwrap();
+    assert_eq!(
+        (c.physical.l, c.physical.nd, c.physical.m2, c.physical.lam),
+        (8, 2, -4.0, 8.0)
+    );
+    assert_eq!(
+        (
+            c.model.n_layers,
+            c.model.hidden_sizes.clone(),
+            c.model.kernel_size
+        ),
+        (16, vec![8, 8], 3)
+    );
+    assert_eq!(
+        (
+            c.training.batchsize,
+            c.training.epochs,
+            c.training.iterations
+        ),
+        (64, 25, 100)
+    );
+    assert_eq!(c.training.base_lr, 1e-3);
+}
+
+#[test]
+fn errors_name_file_key_and_what_is_accepted() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with("L = ", "L = 7"),
+            &["test.toml", "[physical].L", "even"],
+        ),
+        (
+            with("L = ", "L = 0"),
+            &["[physical].L", "even integer >= 2"],
+        ),
+        (with("L = ", "L = \"8\""), &["[physical].L", "integer"]),
+        (with("Nd = ", "Nd = 5"), &["[physical].Nd", "1, 2, 3 or 4"]),
+        (
+            with("kernel_size = ", "kernel_size = 4"),
+            &["[model].kernel_size", "odd"],
+        ),
+        (
+            with("batchsize = ", "batchsize = -3"),
+            &["[training].batchsize", "1..=65535"],
+        ),
+        (
+            with("base_lr = ", "base_lr = -0.1"),
+            &["[training].base_lr", "> 0"],
+        ),
+        (
+            with("epochs = ", "epochs = 0"),
+            &["[training].epochs", ">= 1"],
+        ),
+        (with("lam = ", "lam = -1.0"), &["[physical].lam", ">= 0"]),
+        (
+            with("prior = ", "prior = \"Cauchy(0, 1)\""),
+            &["[training].prior", "Normal{Float32}(0.f0, 1.f0)"],
+        ),
+        (
+            with("lr_scheduler = ", "lr_scheduler = \"Cosine(1)\""),
+            &["[training].lr_scheduler", "Step("],
+        ),
+        (with("opt = ", "opt = \"SGD\""), &["[training].opt", "Adam"]),
+        (
+            with("use_bn = ", "use_bn = true"),
+            &["[model].use_bn", "false"],
+        ),
+        (
+            with("hidden_sizes = ", "hidden_sizes = [8, 0]"),
+            &["[model].hidden_sizes", "1..=128"],
+        ),
+        (with("inC = ", "inC = 2"), &["[model].inC", "must be 1"]),
+        (
+            with("seed = 12345", "seed = 12345\nbatch_size = 64"),
+            &["unknown key [training].batch_size", "batchsize"],
+        ),
+        (
+            format!("{TUTORIAL}\n[extra]\nx = 1\n"),
+            &["unknown table", "[physical]"],
+        ),
+        (
+            "[physical\nL = 8".to_string(),
+            &["test.toml", "malformed TOML"],
+        ),
+        (
+            "[physical]\nL = 8\nNd = 2\nM2 = -4.0\n".to_string(),
+            &["missing key [physical].lam"],
+        ),
+        (
+            with("[device]", "[device]\ndevice_id = -2"),
+            &["[device].device_id", "-1"],
+        ),
+    ];
+    for (text, want) in cases {
+        let e = error_of(&text);
+        for w in want {
+            assert!(e.contains(w), "error {e:?} lacks {w:?}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Sampling with a trained flow (src/sample.rs): the independence Metropolis-Hastings chain
+//! reproduces the exact free field in 2 and 3 dimensions, and agrees with HMC on an
+//! interacting theory.
+//!
+//! The chain is exact in the limit whatever the flow, but a finite chain is only trustworthy
+//! (errors included) when the flow covers the target's tails: reverse-KL training makes flows
+//! narrower than the target at first, and then the weights p/q are unbounded where the flow is
+//! thin, the chain visits those regions too rarely, and tau_int is underestimated. A flow
+//! trained for 400 steps (ESS 0.2) gave <phi^2> 6 sigma low here; the flows below are trained
+//! to ESS ~0.7, as a user would before trusting the errors.
+
+mod common;
+use common::*;
+use gomaflow_wgpu::lattice::Lattice;
+use gomaflow_wgpu::mcmc::{HmcOptions, run_hmc};
+use gomaflow_wgpu::observables::{Summary, free};
+use gomaflow_wgpu::sample::{self, SampleOptions};
+use gomaflow_wgpu::train::{Outcome, TrainOptions, train};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+/// `config` with a higher learning rate (the free field trains stably at 3e-3).
+fn with_lr(text: String, lr: f64) -> String {
+    text.replace("base_lr = 0.001", &format!("base_lr = {lr}"))
+}
+
+fn trained(name: &str, text: &str) -> PathBuf {
+    let dir = tmpdir(name);
+    let cfg = load(&dir, text);
+    let out = dir.join("run");
+    let o = train(
+        gpu(),
+        &cfg,
+        &TrainOptions {
+            out: out.clone(),
+            resume: false,
+            epochs: None,
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(matches!(o, Outcome::Finished { .. }));
+    out
+}
+
+fn chain(
+    run: &std::path::Path,
+    samples: usize,
+    npy: Option<PathBuf>,
+) -> (sample::SampleRun, Summary) {
+    let opts = SampleOptions {
+        samples,
+        burn_in: 500,
+        seed: Some(5),
+        batch: 1024,
+        latest: false,
+        save_npy: npy,
+    };
+    let r = sample::run(gpu(), run, &opts, |_| {}).unwrap();
+    let lat = Lattice::new(r.cfg.physical.nd, r.cfg.physical.l);
+    let s = Summary::of(&lat, std::slice::from_ref(&r.primaries));
+    (r, s)
+}
+
+fn free_field(nd: usize, l: usize, m2: f64, layers: usize) {
+    let run = trained(
+        &format!("mh-free-{nd}"),
+        &with_lr(config(nd, l, m2, 0.0, layers, "[8]", 12, 150), 3e-3),
+    );
+    let npy = run.join("chain.npy");
+    let (r, s) = chain(&run, 30_000, Some(npy.clone()));
+    let lat = Lattice::new(nd, l);
+    let g = free::g(&lat, m2);
+    eprintln!(
+        "CHECK flow+MH free field {nd}D L={l}: acceptance {:.3}, ESS {:.3}, tau_acc {:.2}, <phi^2> {:.5} ± {:.5} (exact {:.5})",
+        r.acceptance, r.ess, r.tau_acc, s.phi2.mean, s.phi2.error, g[0]
+    );
+    assert!((s.phi2.mean - g[0]).abs() < 3.0 * s.phi2.error, "phi^2");
+    for (rr, gr) in g.iter().enumerate() {
+        let (v, e) = s.g[rr];
+        eprintln!("      G({rr}) = {v:.5} ± {e:.5} (exact {gr:.5})");
+        assert!((v - gr).abs() < 3.0 * e, "G({rr})");
+    }
+    // The saved chain: a .npy of the configurations after burn-in.
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    let shape = format!(
+        "'shape': ({}, {})",
+        29_500,
+        vec![l.to_string(); nd].join(", ")
+    );
+    assert!(header.contains(&shape), "{header}");
+    assert_eq!(bytes.len(), 10 + header_len + 29_500 * lat.volume() * 4);
+}
+
+#[test]
+fn flow_mh_free_field_2d() {
+    free_field(2, 4, 1.0, 8);
+}
+
+#[test]
+fn flow_mh_free_field_3d() {
+    free_field(3, 4, 1.0, 8);
+}
+
+/// An interacting theory (2D, L = 4, m^2 = -1, lambda = 1, symmetric phase): the flow's chain
+/// and HMC agree on <|m|>, <phi^2> and chi_2 within 3 combined standard errors. (In the
+/// broken phase, m^2 = -4, lambda = 8, 1800 steps leave the flow at ESS 0.003: it misses one
+/// well's tail, and a 40k chain then reads <phi^2> 4 sigma low while its acceptance looks fine at
+/// 42%. `sample` warns about such flows.)
+#[test]
+fn flow_mh_agrees_with_hmc() {
+    let text = with_lr(config(2, 4, -1.0, 1.0, 8, "[8]", 12, 150), 2e-3);
+    let run = trained("mh-vs-hmc", &text);
+    let (r, flow) = chain(&run, 40_000, None);
+    let dir = tmpdir("mh-vs-hmc-hmc");
+    let cfg = load(&dir, &text);
+    let h = run_hmc(
+        gpu(),
+        &cfg,
+        &HmcOptions {
+            chains: 64,
+            trajectories: 600,
+            burn_in: 100,
+            eps: 0.1,
+            n_steps: 10,
+            target_acceptance: 0.8,
+            seed: 3,
+        },
+        |_, _, _| {},
+    )
+    .unwrap();
+    let hmc = Summary::of(&Lattice::new(2, 4), &h.primaries);
+    eprintln!(
+        "CHECK flow+MH vs HMC, 2D L=4 m2=-1 lam=1: MH acceptance {:.3}, ESS {:.3}, HMC acceptance {:.3}",
+        r.acceptance, r.ess, h.acceptance
+    );
+    assert!(
+        r.ess > 0.01,
+        "the flow is too poor for its chain's errors to be trusted"
+    );
+    for (name, a, b) in [
+        ("|m|", flow.abs_m, hmc.abs_m),
+        ("phi^2", flow.phi2, hmc.phi2),
+        ("chi_2", flow.chi2, hmc.chi2),
+    ] {
+        let sigma = (a.error.powi(2) + b.error.powi(2)).sqrt();
+        eprintln!(
+            "      {name}: flow {:.5} ± {:.5} (tau {:.1}), HMC {:.5} ± {:.5} (tau {:.1}), {:.2} sigma apart",
+            a.mean,
+            a.error,
+            a.tau_int,
+            b.mean,
+            b.error,
+            b.tau_int,
+            (a.mean - b.mean).abs() / sigma
+        );
+        assert!((a.mean - b.mean).abs() < 3.0 * sigma, "{name}");
+    }
+}
