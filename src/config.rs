@@ -126,6 +126,9 @@ pub struct Config {
     pub model: Model,
 }
 
+/// Largest lattice volume L^Nd (the adapter's buffer limits usually bind first).
+pub const MAX_SITES: u64 = 1 << 26;
+
 /// Largest channel count a coupling net may use (the kernels keep one accumulator per channel
 /// in registers).
 pub const MAX_CHANNELS: usize = 128;
@@ -311,6 +314,15 @@ impl Config {
                 "L",
                 format!(
                     "must be even so that the checkerboard closes across the periodic boundary, got {l}"
+                ),
+            ));
+        }
+        let volume = (l as u128).pow(nd as u32);
+        if volume > MAX_SITES as u128 {
+            return Err(p.err(
+                "L",
+                format!(
+                    "= {l} with Nd = {nd} gives {volume} sites; at most {MAX_SITES} are supported"
                 ),
             ));
         }

@@ -113,6 +113,53 @@ impl Planner<'_> {
     }
 }
 
+/// Before building anything, check the largest buffers against the adapter's limits, so that a
+/// config too big for the device is a message naming the limit and the field to lower, not an
+/// out-of-memory crash while building the tables.
+fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
+    let flow = &spec.flow;
+    let v = flow.lattice.volume() as u64;
+    let widest = *flow.channels().iter().max().unwrap_or(&1) as u64;
+    let max = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let activation = 4 * spec.batch as u64 * widest * v;
+    if activation > max {
+        anyhow::bail!(
+            "one activation buffer (batch {} x {} channels x {} sites) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower {}, physical.L or model.hidden_sizes",
+            spec.batch,
+            widest,
+            v,
+            mib(activation),
+            mib(max),
+            gpu.info.name,
+            spec.batch_key
+        );
+    }
+    let table = 4 * v * flow.taps() as u64;
+    if table > max {
+        anyhow::bail!(
+            "the neighbour table ({} sites x {} taps) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower physical.L or model.kernel_size",
+            v,
+            flow.taps(),
+            mib(table),
+            mib(max),
+            gpu.info.name
+        );
+    }
+    let groups = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    if spec.batch > groups {
+        anyhow::bail!(
+            "{} = {} exceeds this adapter's max_compute_workgroups_per_dimension = {groups}",
+            spec.batch_key,
+            spec.batch
+        );
+    }
+    Ok(())
+}
+
 /// A planned and recorded flow on one device.
 pub struct Tape {
     pub spec: TapeSpec,
@@ -147,6 +194,7 @@ impl Tape {
         let v = lat.volume();
         let b = spec.batch;
         let train = spec.mode == Mode::Train;
+        check_limits(gpu, &spec)?;
         let mut pl = Planner {
             gpu,
             batch_key: spec.batch_key,
@@ -162,6 +210,8 @@ impl Tape {
         }
         let channels = flow.channels();
         let n_convs = channels.len() - 1;
+        let tpt =
+            ConvSpec::default_taps_per_thread(flow.taps(), flow.kernel_size, gpu.is_software());
 
         // Activations. Train keeps everything the backward reads; Infer reuses one set.
         let n_x = if train { flow.n_layers + 1 } else { 2 };
@@ -191,7 +241,7 @@ impl Tape {
                 cin,
                 cout,
             };
-            ConvSpec::default_chunk(&dims, flow.kernel_size, gpu.is_software())
+            ConvSpec::default_chunk(&dims, tpt, gpu.is_software())
         };
         let (grads, adam_m, adam_v, gx, gh, partial) = if train {
             let np = flow.n_params();
@@ -279,7 +329,7 @@ impl Tape {
                     input_grad,
                     chunk: chunk_of(c.cin, c.cout),
                     samples_per_thread: ConvSpec::default_samples_per_thread(gpu.is_software()),
-                    kernel_size: flow.kernel_size,
+                    taps_per_thread: tpt,
                 };
                 // Gradient wiring: the last convolution's output gradient is the coupling's
                 // dL/dst (gh's last entry); the first one's input gradient is the coupling input's.

@@ -104,7 +104,8 @@ fn run(c: &Case, seed: u64) {
             input_grad: c.input_grad,
             chunk: 2, // two chunks for batch 3: the last one partial
             samples_per_thread: nb,
-            kernel_size: c.k,
+            // The GPU and the CPU-adapter choices of taps per weight-gradient thread.
+            taps_per_thread: ConvSpec::default_taps_per_thread(taps, c.k, nb != 1),
         };
         let bufs = (
             upload("params", &params),
@@ -272,6 +273,24 @@ fn conv_2d() {
     // A pointwise kernel, and one wider than the lattice (taps alias the same sites).
     net(2, 4, 1, 220);
     net(2, 4, 5, 230);
+}
+
+/// Wide layers: the accumulators of one thread (NB x channels, taps x channels) are large.
+#[test]
+fn conv_wide_channels() {
+    run(
+        &Case {
+            nd: 2,
+            l: 4,
+            k: 3,
+            cin: 32,
+            cout: 32,
+            act: Act::Leaky,
+            in_mask: false,
+            input_grad: InputGrad::TimesActGrad(Act::Leaky),
+        },
+        500,
+    );
 }
 
 #[test]

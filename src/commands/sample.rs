@@ -70,7 +70,7 @@ pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String
     let per_sample = r.seconds / opts.samples as f64;
     if r.ess < LOW_ESS {
         eprintln!(
-            "warning: ESS per sample is {:.4}: the flow's weights are heavy-tailed, so it misses              part of the target. The chain is exact in the limit, but a finite one under-samples              what the flow misses and its error bars may be too small, however good the              acceptance ({:.3}) looks. Train longer, or check against `gomaflow-wgpu hmc`.",
+            "warning: ESS per sample is {:.4}: the flow's weights are heavy-tailed, so it misses part of the target. The chain is exact in the limit, but a finite one under-samples what the flow misses and its error bars may be too small, however good the acceptance ({:.3}) looks. Train longer, or check against `gomaflow-wgpu hmc`.",
             r.ess, r.acceptance
         );
     }

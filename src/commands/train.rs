@@ -109,9 +109,31 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         tape.step_dispatches().len()
     );
     println!("buffers     training tape {}:", mib(tape.memory_bytes()));
+    // Per-layer buffers grouped: "h[*][0] x16" (the first index is the layer).
+    let mut groups: Vec<(String, usize, u64)> = Vec::new();
     for (label, bytes) in &tape.buffers {
-        if *bytes >= 1 << 16 {
-            println!("              {label:<28} {}", mib(*bytes));
+        let key = match (label.find('['), label.find(']')) {
+            (Some(a), Some(b)) if label[a + 1..b].chars().all(|c| c.is_ascii_digit()) => {
+                format!("{}[*]{}", &label[..a], &label[b + 1..])
+            }
+            _ => label.clone(),
+        };
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => {
+                g.1 += 1;
+                g.2 += bytes;
+            }
+            None => groups.push((key, 1, *bytes)),
+        }
+    }
+    for (key, n, bytes) in groups {
+        if bytes >= 1 << 16 {
+            let count = if n > 1 {
+                format!(" x{n}")
+            } else {
+                String::new()
+            };
+            println!("              {:<30} {}", key + &count, mib(bytes));
         }
     }
     println!(

@@ -63,8 +63,9 @@ pub struct ConvSpec {
     pub chunk: usize,
     /// Samples per thread of forward and backward_input (see `NB` in conv.wgsl).
     pub samples_per_thread: usize,
-    /// The kernel's extent k (taps = k^Nd): backward_weight gives each thread a row of k taps.
-    pub kernel_size: usize,
+    /// Taps whose weight gradients one backward_weight thread holds (TPT in conv.wgsl): a
+    /// divisor of TAPS; each output-gradient load then feeds TPT * COUT multiply-adds.
+    pub taps_per_thread: usize,
 }
 
 impl ConvSpec {
@@ -84,9 +85,20 @@ impl ConvSpec {
         if software { SOFTWARE_NB } else { 1 }
     }
 
-    pub fn default_chunk(dims: &ConvDims, kernel_size: usize, software: bool) -> usize {
+    /// Taps per backward_weight thread: a row of the window (k) on GPUs, for parallelism; the
+    /// whole k x k plane on CPU adapters, where fewer, fatter threads share more loads.
+    pub fn default_taps_per_thread(taps: usize, kernel_size: usize, software: bool) -> usize {
+        let plane = kernel_size * kernel_size;
+        if software && taps % plane == 0 && plane <= 25 {
+            plane
+        } else {
+            kernel_size
+        }
+    }
+
+    pub fn default_chunk(dims: &ConvDims, taps_per_thread: usize, software: bool) -> usize {
         let target_threads: usize = if software { 1024 } else { 16384 };
-        let threads_per_chunk = dims.cin * dims.taps / kernel_size;
+        let threads_per_chunk = dims.cin * dims.taps / taps_per_thread;
         let chunks = target_threads
             .div_ceil(threads_per_chunk)
             .clamp(1, dims.batch);
@@ -141,10 +153,15 @@ impl Conv {
         if d.taps != b.lattice.taps() || d.volume != b.lattice.lattice.volume() {
             bail!("convolution {d:?} does not match the lattice tables");
         }
-        if spec.kernel_size.pow(b.lattice.lattice.nd as u32) != d.taps {
+        // More than a 5 x 5 plane per thread exhausts lavapipe's private memory (81 taps gave
+        // wrong results there), and no adapter gains from it.
+        if spec.taps_per_thread == 0
+            || spec.taps_per_thread > 25
+            || d.taps % spec.taps_per_thread != 0
+        {
             bail!(
-                "kernel size {} does not give {} taps",
-                spec.kernel_size,
+                "{} taps per thread do not divide {} taps",
+                spec.taps_per_thread,
                 d.taps
             );
         }
@@ -180,7 +197,7 @@ impl Conv {
                 .with("WG", WG)
                 .with("NB", spec.samples_per_thread as u32)
                 // Every entry point of the module must be valid, so all see the real TPT.
-                .with("TPT", spec.kernel_size as u32)
+                .with("TPT", spec.taps_per_thread as u32)
                 .bind(0, Bind::Uniform)
         };
         let uniform = Params {
