@@ -25,19 +25,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> action_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
-
 fn reduce_and_store(b: u32, lid: u32, part: f32) {
-    red[lid] = part;
-    workgroupBarrier();
-    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, part);
     if lid == 0u {
-        action_out[b] = red[0];
+        action_out[b] = total;
     }
 }
 

@@ -76,3 +76,36 @@ fn box_muller(u1: f32, u2: f32) -> vec2<f32> {
     let theta = 6.283185307179586 * u2;
     return vec2<f32>(r * cos(theta), r * sin(theta));
 }
+
+// Fixed-order tree reductions over the WG invocations of a workgroup (WG, a power of two, is
+// each family's workgroup size). Deterministic: the same inputs give the same bits every run,
+// which float atomics would not. Call from uniform control flow; the result is in every lane.
+var<workgroup> red: array<f32, WG>;
+
+fn tree_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
+        if lid < k {
+            red[lid] += red[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+fn tree_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
+        if lid < k {
+            red[lid] = max(red[lid], red[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}

@@ -28,8 +28,6 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> gst: array<f32>;
 @group(0) @binding(9) var<storage, read> glogq: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
-
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
@@ -47,16 +45,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             part += sv;
         }
     }
-    red[lid] = part;
-    workgroupBarrier();
-    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, part);
     if lid == 0u {
-        logq[b] -= red[0];
+        logq[b] -= total;
     }
 }
 

@@ -38,7 +38,6 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> accepted: array<u32>;
 @group(0) @binding(10) var<storage, read> counter: array<u32>;
 
-var<workgroup> red: array<f32, WG>;
 var<workgroup> decision: u32;
 
 fn linear(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -73,16 +72,9 @@ fn kinetic(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let v = mom[row + s];
         part += 0.5 * v * v;
     }
-    red[lid] = part;
-    workgroupBarrier();
-    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, part);
     if lid == 0u {
-        kinetic_end[c] = red[0];
+        kinetic_end[c] = total;
     }
 }
 

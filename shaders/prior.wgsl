@@ -47,8 +47,6 @@ const HALF_LN_2PI: f32 = 0.91893853320467274;
 @group(0) @binding(2) var<storage, read_write> z: array<f32>;
 @group(0) @binding(3) var<storage, read_write> logq: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
-
 @compute @workgroup_size(WG)
 fn sample_normal(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
@@ -108,16 +106,4 @@ fn sample_potential(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if lid == 0u {
         logq[b] = total - f32(p.volume) * p.log_norm;
     }
-}
-
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
 }

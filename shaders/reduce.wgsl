@@ -17,36 +17,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
-
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn tree_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var k = WG >> 1u; k > 0u; k >>= 1u) {
-        if lid < k {
-            red[lid] = max(red[lid], red[lid + k]);
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 // out[r] = scale * sum_i a[r * n + i]: one workgroup per row.
 @compute @workgroup_size(WG)
 fn row_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

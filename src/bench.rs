@@ -8,7 +8,7 @@ use crate::gpu::Gpu;
 use crate::gpu::timing::median;
 use crate::kernels::prior::stream;
 use crate::proposals::Proposer;
-use crate::tape::{Mode, Tape, TapeSpec};
+use crate::tape::{Tape, TapeSpec};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -80,17 +80,9 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     let tape = Tape::new(
         gpu,
         TapeSpec {
-            flow: flow.clone(),
-            batch: t.batchsize,
-            mode: Mode::Train,
-            prior: t.prior.clone(),
-            seed: t.seed,
-            stream: stream::TRAIN,
-            m2: cfg.physical.m2,
-            lam: cfg.physical.lam,
             // Tiny steps keep the weights near their start while we time them.
             lr: 1e-7,
-            batch_key: "training.batchsize",
+            ..TapeSpec::training(cfg)
         },
         &params,
         &counter,

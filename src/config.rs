@@ -133,7 +133,8 @@ pub const MAX_SITES: u64 = 1 << 26;
 /// in registers).
 pub const MAX_CHANNELS: usize = 128;
 
-const TABLES: &[(&str, &[&str])] = &[
+/// Every table and its keys (GomalizingFlow's and ours).
+pub const TABLES: &[(&str, &[&str])] = &[
     ("config", &["version"]),
     ("device", &["device_id"]),
     (

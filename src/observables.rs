@@ -425,6 +425,22 @@ impl Summary {
         (obs, corr)
     }
 
+    /// Seconds per sample times 2 tau_int: the cost of one independent measurement.
+    pub fn cost_json(&self, seconds_per_sample: f64) -> serde_json::Value {
+        let c = |a: &Autocorr| seconds_per_sample * 2.0 * a.tau_int;
+        serde_json::json!({ "abs_m": c(&self.abs_m), "phi2": c(&self.phi2), "chi2": c(&self.chi2) })
+    }
+
+    pub fn print_cost(&self, seconds_per_sample: f64) {
+        let c = |a: &Autocorr| seconds_per_sample * 2.0 * a.tau_int;
+        println!(
+            "cost per independent sample (s x 2 tau_int): |m| {:.3e}, phi^2 {:.3e}, chi_2 {:.3e}",
+            c(&self.abs_m),
+            c(&self.phi2),
+            c(&self.chi2)
+        );
+    }
+
     /// A readable table.
     pub fn print(&self) {
         let a = |name: &str, x: &Autocorr| {

@@ -48,6 +48,25 @@ pub struct TapeSpec {
     pub batch_key: &'static str,
 }
 
+impl TapeSpec {
+    /// The training tape of a config: batch `training.batchsize`, the training stream of the
+    /// prior, the first epoch's learning rate.
+    pub fn training(cfg: &crate::config::Config) -> TapeSpec {
+        TapeSpec {
+            flow: FlowSpec::from_config(cfg),
+            batch: cfg.training.batchsize,
+            mode: Mode::Train,
+            prior: cfg.training.prior.clone(),
+            seed: cfg.training.seed,
+            stream: crate::kernels::prior::stream::TRAIN,
+            m2: cfg.physical.m2,
+            lam: cfg.physical.lam,
+            lr: cfg.lr(1),
+            batch_key: "training.batchsize",
+        }
+    }
+}
+
 /// One recorded op with its forward and backward dispatches.
 pub enum Op {
     Prior(Prior),

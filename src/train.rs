@@ -13,7 +13,7 @@ use crate::mcmc::MhChain;
 use crate::plots::{self, Panel};
 use crate::proposals::Proposer;
 use crate::rng::Philox;
-use crate::tape::{Mode, Tape, TapeSpec};
+use crate::tape::{Tape, TapeSpec};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -241,23 +241,7 @@ pub fn train(
     // The model and both tapes, planned once.
     let params = gpu.upload("parameters", &ck.params)?;
     let counter = gpu.upload("step counter", &[ck.step as u32, 0, 0, 0])?;
-    let mut tape = Tape::new(
-        gpu,
-        TapeSpec {
-            flow: flow.clone(),
-            batch: t.batchsize,
-            mode: Mode::Train,
-            prior: t.prior.clone(),
-            seed: t.seed,
-            stream: stream::TRAIN,
-            m2: cfg.physical.m2,
-            lam: cfg.physical.lam,
-            lr: cfg.lr(1),
-            batch_key: "training.batchsize",
-        },
-        &params,
-        &counter,
-    )?;
+    let mut tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)?;
     if let Some((m, v)) = &ck.adam {
         gpu.write(tape.adam_m.as_ref().unwrap(), m);
         gpu.write(tape.adam_v.as_ref().unwrap(), v);

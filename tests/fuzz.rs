@@ -6,7 +6,7 @@
 //!   FUZZ_SECONDS=600 cargo test --release --test fuzz -- --nocapture --test-threads 1
 
 use gomaflow_wgpu::checkpoint::{self, Checkpoint};
-use gomaflow_wgpu::config::{Config, MAX_SITES, PriorKind, Schedule, julia};
+use gomaflow_wgpu::config::{Config, MAX_SITES, PriorKind, Schedule, TABLES, julia};
 use gomaflow_wgpu::flow::FlowSpec;
 use gomaflow_wgpu::lattice::Lattice;
 use proptest::prelude::*;
@@ -71,37 +71,20 @@ fn value() -> impl Strategy<Value = String> {
     ]
 }
 
-const KEYS: &[&str] = &[
-    "version",
-    "device_id",
-    "seed",
-    "batchsize",
-    "epochs",
-    "iterations",
-    "base_lr",
-    "opt",
-    "prior",
-    "lr_scheduler",
-    "pretrained",
-    "eval_samples",
-    "eval_batchsize",
-    "L",
-    "Nd",
-    "M2",
-    "lam",
-    "n_layers",
-    "hidden_sizes",
-    "kernel_size",
-    "inC",
-    "outC",
-    "use_final_tanh",
-    "use_bn",
-    "bogus",
-];
+/// Every key the config knows, and one it does not.
+fn keys() -> Vec<&'static str> {
+    let mut k: Vec<&str> = TABLES
+        .iter()
+        .flat_map(|(_, keys)| keys.iter().copied())
+        .collect();
+    k.push("bogus");
+    k
+}
 
 /// The tutorial config with keys set to arbitrary values, lines dropped, and bytes damaged.
 fn config_text() -> impl Strategy<Value = String> {
-    let edits = proptest::collection::vec((0..40usize, prop::sample::select(KEYS), value()), 0..5);
+    let edits =
+        proptest::collection::vec((0..40usize, prop::sample::select(keys()), value()), 0..5);
     let drops = proptest::collection::vec(0..40usize, 0..3);
     let bytes = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3);
     (edits, drops, bytes).prop_map(|(edits, drops, bytes)| {

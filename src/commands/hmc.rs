@@ -61,11 +61,7 @@ pub fn run(a: Args) -> Result<()> {
             "acceptance": run.acceptance,
             "seconds": run.seconds,
             "seconds_per_sample": per_sample,
-            "cost_per_independent_sample_s": {
-                "abs_m": per_sample * 2.0 * s.abs_m.tau_int,
-                "phi2": per_sample * 2.0 * s.phi2.tau_int,
-                "chi2": per_sample * 2.0 * s.chi2.tau_int,
-            },
+            "cost_per_independent_sample_s": s.cost_json(per_sample),
             "observables": obs,
             "correlator": corr,
         });
@@ -81,15 +77,10 @@ pub fn run(a: Args) -> Result<()> {
             run.eps
         );
         println!(
-            "acceptance {:.4}; {:.3} s, {:.3e} s per sample; cost per independent sample \
-             (s x 2 tau_int): |m| {:.3e}, phi^2 {:.3e}, chi_2 {:.3e}",
-            run.acceptance,
-            run.seconds,
-            per_sample,
-            per_sample * 2.0 * s.abs_m.tau_int,
-            per_sample * 2.0 * s.phi2.tau_int,
-            per_sample * 2.0 * s.chi2.tau_int
+            "acceptance {:.4}; {:.3} s, {:.3e} s per sample",
+            run.acceptance, run.seconds, per_sample
         );
+        s.print_cost(per_sample);
         s.print();
     }
     Ok(())

@@ -87,11 +87,7 @@ pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String
             "tau_int_acc": r.tau_acc,
             "seconds": r.seconds,
             "seconds_per_sample": per_sample,
-            "cost_per_independent_sample_s": {
-                "abs_m": per_sample * 2.0 * s.abs_m.tau_int,
-                "phi2": per_sample * 2.0 * s.phi2.tau_int,
-                "chi2": per_sample * 2.0 * s.chi2.tau_int,
-            },
+            "cost_per_independent_sample_s": s.cost_json(per_sample),
             "observables": obs,
             "correlator": corr,
         });
@@ -107,12 +103,7 @@ pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String
              acceptance-based tau_int {:.2}; {:.2} s ({:.2e} s per sample)",
             opts.samples, opts.burn_in, r.acceptance, r.ess, r.tau_acc, r.seconds, per_sample
         );
-        println!(
-            "cost per independent sample (s x 2 tau_int): |m| {:.3e}, phi^2 {:.3e}, chi_2 {:.3e}",
-            per_sample * 2.0 * s.abs_m.tau_int,
-            per_sample * 2.0 * s.phi2.tau_int,
-            per_sample * 2.0 * s.chi2.tau_int
-        );
+        s.print_cost(per_sample);
         s.print();
         println!("plots: {}", png.display());
         if let Some(p) = &opts.save_npy {

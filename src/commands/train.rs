@@ -5,7 +5,7 @@ use crate::flow::FlowSpec;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::kernels::prior::stream;
 use crate::proposals::Proposer;
-use crate::tape::{Mode, Tape, TapeSpec};
+use crate::tape::{Tape, TapeSpec};
 use crate::train::{Outcome, TrainOptions, train};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -40,23 +40,7 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
     let t = &cfg.training;
     let params = gpu.upload("parameters", &flow.init_params(cfg.model.seed))?;
     let counter = gpu.upload("step counter", &[0u32; 4])?;
-    let tape = Tape::new(
-        gpu,
-        TapeSpec {
-            flow: flow.clone(),
-            batch: t.batchsize,
-            mode: Mode::Train,
-            prior: t.prior.clone(),
-            seed: t.seed,
-            stream: stream::TRAIN,
-            m2: cfg.physical.m2,
-            lam: cfg.physical.lam,
-            lr: cfg.lr(1),
-            batch_key: "training.batchsize",
-        },
-        &params,
-        &counter,
-    )?;
+    let tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)?;
     let eval = Proposer::new(
         gpu,
         cfg,

@@ -89,7 +89,7 @@ impl ConvSpec {
     /// whole k x k plane on CPU adapters, where fewer, fatter threads share more loads.
     pub fn default_taps_per_thread(taps: usize, kernel_size: usize, software: bool) -> usize {
         let plane = kernel_size * kernel_size;
-        if software && taps % plane == 0 && plane <= 25 {
+        if software && taps.is_multiple_of(plane) && plane <= 25 {
             plane
         } else {
             kernel_size
@@ -157,7 +157,7 @@ impl Conv {
         // wrong results there), and no adapter gains from it.
         if spec.taps_per_thread == 0
             || spec.taps_per_thread > 25
-            || d.taps % spec.taps_per_thread != 0
+            || !d.taps.is_multiple_of(spec.taps_per_thread)
         {
             bail!(
                 "{} taps per thread do not divide {} taps",
