@@ -75,7 +75,7 @@ impl Default for BenchOptions {
 pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<BenchReport> {
     let flow = FlowSpec::from_config(cfg);
     let t = &cfg.training;
-    let params = gpu.upload("parameters", &flow.init_params(cfg.model.seed))?;
+    let params = gpu.upload_params(&flow.init_params(cfg.model.seed))?;
     let counter = gpu.upload("step counter", &[0u32; 4])?;
     let tape = Tape::new(
         gpu,

@@ -141,7 +141,7 @@ pub fn load(path: &Path, flow: &FlowSpec, strict_lattice: bool) -> Result<Checkp
             .parse::<f64>()
             .map_err(|_| anyhow!("{file}: metadata {key} is not a number"))
     };
-    let mut params = vec![0f32; flow.n_params()];
+    let mut params = vec![0f32; flow.param_len()];
     let k = flow.kernel_size;
     for l in 0..flow.n_layers {
         for (j, c) in flow.convs(l).iter().enumerate() {

@@ -8,6 +8,10 @@ use crate::kernels::Act;
 use crate::lattice::Lattice;
 use crate::rng::Philox;
 
+/// Alignment (in floats) of each convolution's slice of the flat parameter buffer: 256 bytes,
+/// WebGPU's minimum uniform-buffer offset alignment.
+pub const PARAM_ALIGN: usize = 64;
+
 /// One convolution of a coupling net and where its parameters live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvLayout {
@@ -67,6 +71,7 @@ impl FlowSpec {
         cout * cin * self.taps() + cout
     }
 
+    /// Trainable parameters of one coupling layer.
     pub fn params_per_layer(&self) -> usize {
         self.channels()
             .windows(2)
@@ -74,14 +79,34 @@ impl FlowSpec {
             .sum()
     }
 
+    /// Trainable parameters of the model (DESIGN §2: 12,960 for the 2D default).
     pub fn n_params(&self) -> usize {
         self.n_layers * self.params_per_layer()
+    }
+
+    /// Floats each convolution occupies in the flat buffer: its parameters, padded to a multiple
+    /// of `PARAM_ALIGN`, so that every layer's slice starts where a uniform binding may start.
+    fn conv_slot(&self, cin: usize, cout: usize) -> usize {
+        self.conv_params(cin, cout).div_ceil(PARAM_ALIGN) * PARAM_ALIGN
+    }
+
+    fn layer_slot(&self) -> usize {
+        self.channels()
+            .windows(2)
+            .map(|w| self.conv_slot(w[0], w[1]))
+            .sum()
+    }
+
+    /// Length of the flat parameter (and gradient, and Adam moment) buffer, padding included.
+    /// The padding stays zero: no gradient reaches it.
+    pub fn param_len(&self) -> usize {
+        self.n_layers * self.layer_slot()
     }
 
     /// The convolutions of coupling `layer`, in order, with their parameter offsets.
     pub fn convs(&self, layer: usize) -> Vec<ConvLayout> {
         let ch = self.channels();
-        let mut offset = layer * self.params_per_layer();
+        let mut offset = layer * self.layer_slot();
         let n = ch.len() - 1;
         (0..n)
             .map(|j| {
@@ -95,7 +120,7 @@ impl FlowSpec {
                     },
                     offset,
                 };
-                offset += self.conv_params(ch[j], ch[j + 1]);
+                offset += self.conv_slot(ch[j], ch[j + 1]);
                 c
             })
             .collect()
@@ -105,7 +130,7 @@ impl FlowSpec {
     /// fan_in = C_in k^Nd, drawn from Philox keyed by the model seed (reproducible anywhere).
     pub fn init_params(&self, seed: u64) -> Vec<f32> {
         let mut rng = Philox::new(seed, 0x1A17);
-        let mut p = vec![0f32; self.n_params()];
+        let mut p = vec![0f32; self.param_len()];
         for layer in 0..self.n_layers {
             for c in self.convs(layer) {
                 let bound = 1.0 / ((c.cin * self.taps()) as f64).sqrt();

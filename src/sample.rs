@@ -82,7 +82,7 @@ pub fn run(
     let (cfg, ck_path) = open_run(dir, o.latest)?;
     let flow = FlowSpec::from_config(&cfg);
     let ck = checkpoint::load(&ck_path, &flow, true)?;
-    let params = gpu.upload("parameters", &ck.params)?;
+    let params = gpu.upload_params(&ck.params)?;
     let seed = o.seed.unwrap_or(cfg.training.seed);
     let batch = o.batch.min(o.samples);
     let proposer = Proposer::new(gpu, &cfg, &params, batch, seed, stream::SAMPLE, "--batch")?;

@@ -263,7 +263,7 @@ impl Tape {
             ConvSpec::default_chunk(&dims, tpt, gpu.is_software())
         };
         let (grads, adam_m, adam_v, gx, gh, partial) = if train {
-            let np = flow.n_params();
+            let np = flow.param_len();
             let partial_len = channels
                 .windows(2)
                 .map(|w| {
@@ -438,7 +438,7 @@ impl Tape {
         let adam = if train {
             Some(Adam::new(
                 gpu,
-                AdamSpec::new(flow.n_params(), spec.lr),
+                AdamSpec::new(flow.param_len(), spec.lr),
                 counter,
                 params,
                 grads.as_ref().unwrap(),

@@ -239,7 +239,7 @@ pub fn train(
     };
 
     // The model and both tapes, planned once.
-    let params = gpu.upload("parameters", &ck.params)?;
+    let params = gpu.upload_params(&ck.params)?;
     let counter = gpu.upload("step counter", &[ck.step as u32, 0, 0, 0])?;
     let mut tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)?;
     if let Some((m, v)) = &ck.adam {
@@ -462,5 +462,5 @@ pub fn run_params(gpu: &Gpu, dir: &Path, cfg: &Config, best: bool) -> Result<Gpu
         "checkpoint.safetensors"
     });
     let ck = checkpoint::load(&path, &flow, true)?;
-    gpu.upload("parameters", &ck.params)
+    gpu.upload_params(&ck.params)
 }

@@ -51,10 +51,9 @@ fn run(c: &Case, seed: u64) {
         c.input_grad
     );
     let mut r = rng(seed);
-    let w_off = 5;
     let x = rounded(&uniform(&mut r, batch * c.cin * v, -1.0, 1.0));
-    let params = rounded(&uniform(&mut r, w_off + dims.n_params() + 3, -0.5, 0.5));
-    let w = &params[w_off..w_off + dims.n_params()];
+    let weights = rounded(&uniform(&mut r, dims.n_params(), -0.5, 0.5));
+    let w = &weights[..];
     let gy = rounded(&uniform(&mut r, batch * c.cout * v, -1.0, 1.0));
     let gx0 = rounded(&uniform(&mut r, batch * c.cin * v, -1.0, 1.0));
     let parity = 1;
@@ -92,9 +91,11 @@ fn run(c: &Case, seed: u64) {
             .map(|(i, gv)| gx0[i] + mask[i % v] * gv)
             .collect(),
     };
-    // GPU, with one and with two samples per thread (batch 3: the last block is partial).
+    // GPU, with one and with two samples per thread (batch 3: the last block is partial), and
+    // with the weights read through storage and through a uniform binding (w_off = 64 is
+    // aligned for it, w_off = 5 is not).
     let lb = LatticeBuffers::new(g, lat, c.k).unwrap();
-    for nb in [1, 2] {
+    for (nb, w_off, ubo) in [(1, 5, false), (2, 64, true), (1, 64, true)] {
         let spec = ConvSpec {
             dims,
             act: c.act,
@@ -108,8 +109,18 @@ fn run(c: &Case, seed: u64) {
             taps_per_thread: ConvSpec::default_taps_per_thread(taps, c.k, nb != 1),
         };
         let bufs = (
-            upload("params", &params),
-            g.storage("grads", params.len()).unwrap(),
+            {
+                // The layer's slice at w_off, surrounded by other values.
+                let mut p = rounded(&uniform(&mut r, w_off + dims.n_params() + 70, -0.5, 0.5));
+                p[w_off..w_off + dims.n_params()].copy_from_slice(w);
+                let usage = if ubo {
+                    gomaflow_wgpu::gpu::Usage::UNIFORM
+                } else {
+                    gomaflow_wgpu::gpu::Usage::empty()
+                };
+                g.upload_with("params", &f32s(&p), usage).unwrap()
+            },
+            g.storage("grads", w_off + dims.n_params() + 70).unwrap(),
             upload("x", &x),
             g.storage("y", batch * c.cout * v).unwrap(),
             upload("gy", &gy),
@@ -137,7 +148,14 @@ fn run(c: &Case, seed: u64) {
         all.extend(&conv.backward);
         g.run(&all).unwrap();
 
-        let label = format!("{label} NB={nb}");
+        let label = format!(
+            "{label} NB={nb} {}",
+            if ubo {
+                "uniform weights"
+            } else {
+                "storage weights"
+            }
+        );
         check(
             &format!("{label} forward"),
             &read(&bufs.3),

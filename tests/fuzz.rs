@@ -243,7 +243,7 @@ fn fuzz_checkpoint_loader() {
     let dir = std::env::temp_dir().join(format!("gomaflow-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good_path = dir.join("good.safetensors");
-    let n = flow.n_params();
+    let n = flow.param_len();
     checkpoint::save(
         &good_path,
         &flow,

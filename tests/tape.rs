@@ -50,7 +50,7 @@ fn train_steps(label: &str, f: &FlowSpec, batch: usize, prior: PriorKind, steps:
     let g = gpu();
     let lr = 1e-2;
     let p0: Vec<f64> = f.init_params(7).iter().map(|&x| x as f64).collect();
-    let params = g.upload("params", &f32s(&p0)).unwrap();
+    let params = g.upload_params(&f32s(&p0)).unwrap();
     let counter = g.upload("counter", &[0u32; 4]).unwrap();
     let tape = Tape::new(g, tape_spec(f, batch, prior.clone(), lr), &params, &counter).unwrap();
     let v = f.lattice.volume();
@@ -217,7 +217,7 @@ fn inference_matches_training_forward() {
         mu: 0.0,
         sigma: 1.0,
     };
-    let params = g.upload("params", &f.init_params(3)).unwrap();
+    let params = g.upload_params(&f.init_params(3)).unwrap();
     let c1 = g.upload("counter", &[0u32; 4]).unwrap();
     let c2 = g.upload("counter", &[0u32; 4]).unwrap();
     let train = Tape::new(g, tape_spec(&f, 5, normal.clone(), 0.0), &params, &c1).unwrap();

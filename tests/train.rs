@@ -41,7 +41,7 @@ fn acceptance_rises_above_untrained() {
     let cfg = load(&dir, &config(2, 4, -4.0, 8.0, 8, "[8]", 4, 100));
     let flow = FlowSpec::from_config(&cfg);
     let g = gpu();
-    let init = g.upload("init", &flow.init_params(cfg.model.seed)).unwrap();
+    let init = g.upload_params(&flow.init_params(cfg.model.seed)).unwrap();
     let p = Proposer::new(g, &cfg, &init, 1024, 99, stream::EVAL, "b").unwrap();
     let before = evaluate(g, &p, 0, 4096, 1, 1).unwrap();
     let Outcome::Finished { final_eval, .. } =

@@ -38,7 +38,7 @@ fn mib(b: u64) -> String {
 fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
     let flow = FlowSpec::from_config(cfg);
     let t = &cfg.training;
-    let params = gpu.upload("parameters", &flow.init_params(cfg.model.seed))?;
+    let params = gpu.upload_params(&flow.init_params(cfg.model.seed))?;
     let counter = gpu.upload("step counter", &[0u32; 4])?;
     let tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)?;
     let eval = Proposer::new(

@@ -14,9 +14,31 @@ pub struct GpuBuffer {
     /// Size in bytes.
     pub size: u64,
     pub usage: Usage,
+    /// A byte range (offset, size) to bind instead of the whole buffer (see `range`).
+    pub range: Option<(u64, u64)>,
 }
 
 impl GpuBuffer {
+    /// The same buffer, bound as the byte range [offset, offset + size).
+    pub fn range(&self, offset: u64, size: u64) -> GpuBuffer {
+        GpuBuffer {
+            range: Some((offset, size)),
+            ..self.clone()
+        }
+    }
+
+    /// What a bind-group entry binds: the range if one is set.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        match self.range {
+            None => self.buffer.as_entire_binding(),
+            Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.buffer,
+                offset,
+                size: std::num::NonZeroU64::new(size),
+            }),
+        }
+    }
+
     /// Number of 4-byte elements.
     pub fn len(&self) -> usize {
         (self.size / 4) as usize
@@ -34,6 +56,12 @@ impl Gpu {
     /// A zero-filled f32/u32 storage buffer of `len` elements, copyable both ways.
     /// Fails with a message naming the adapter limit when it is too large to bind.
     pub fn storage(&self, label: &str, len: usize) -> Result<GpuBuffer> {
+        self.buffer(label, len, Usage::empty())
+    }
+
+    /// Like `storage`, with more usages (e.g. UNIFORM for parameters read through uniform
+    /// bindings of their slices).
+    pub fn buffer(&self, label: &str, len: usize, extra: Usage) -> Result<GpuBuffer> {
         let size = (len.max(1) * 4) as u64;
         let bind_max = self.limits.max_storage_buffer_binding_size;
         if size > bind_max || size > self.limits.max_buffer_size {
@@ -45,7 +73,7 @@ impl Gpu {
                 self.info.name
             );
         }
-        let usage = Usage::STORAGE | Usage::COPY_SRC | Usage::COPY_DST;
+        let usage = Usage::STORAGE | Usage::COPY_SRC | Usage::COPY_DST | extra;
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
@@ -57,13 +85,29 @@ impl Gpu {
             label: label.to_string(),
             size,
             usage,
+            range: None,
         })
     }
 
     /// A storage buffer holding `data`.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<GpuBuffer> {
+        self.upload_with(label, data, Usage::empty())
+    }
+
+    /// The flat parameters of a model: storage, and uniform so that each layer's slice can be
+    /// bound as a uniform block (see conv.wgsl).
+    pub fn upload_params(&self, data: &[f32]) -> Result<GpuBuffer> {
+        self.upload_with("parameters", data, Usage::UNIFORM)
+    }
+
+    pub fn upload_with<T: bytemuck::Pod>(
+        &self,
+        label: &str,
+        data: &[T],
+        extra: Usage,
+    ) -> Result<GpuBuffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let b = self.storage(label, bytes.len().div_ceil(4))?;
+        let b = self.buffer(label, bytes.len().div_ceil(4), extra)?;
         if !bytes.is_empty() {
             self.queue.write_buffer(&b.buffer, 0, bytes);
         }

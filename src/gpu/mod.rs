@@ -184,6 +184,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<String, Pipeline>>,
+    /// A 16-byte uniform buffer for optional uniform bindings a kernel does not read.
+    pub dummy_uniform: GpuBuffer,
     /// The first uncaptured wgpu error (validation, out of memory, device lost), reported by
     /// `check` as an error instead of wgpu's default panic.
     error: Arc<Mutex<Option<String>>>,
@@ -235,6 +237,12 @@ impl Gpu {
                 }
             }
         });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused uniform"),
+            size: 16,
+            usage: Usage::UNIFORM | Usage::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
             adapter,
             device,
@@ -242,6 +250,13 @@ impl Gpu {
             info,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            dummy_uniform: GpuBuffer {
+                buffer: dummy,
+                label: "unused uniform".into(),
+                size: 16,
+                usage: Usage::UNIFORM | Usage::COPY_DST,
+                range: None,
+            },
             error,
         })
     }
@@ -394,10 +409,12 @@ impl Gpu {
         groups: [u32; 3],
     ) -> Result<Dispatch> {
         let pipeline = self.pipeline(spec)?;
+        // Binding 0, when a uniform, is the kernel's parameter block; every other binding is a
+        // buffer from `buffers`, in the order the spec declares them.
         let uniform_binding = spec
             .binds
             .iter()
-            .find(|(_, b)| *b == Bind::Uniform)
+            .find(|(n, b)| *n == 0 && *b == Bind::Uniform)
             .map(|(n, _)| *n);
         if uniform_binding.is_some() != uniform.is_some() {
             bail!(
@@ -409,7 +426,7 @@ impl Gpu {
             .binds
             .iter()
             .copied()
-            .filter(|(_, b)| *b != Bind::Uniform)
+            .filter(|(n, b)| !(*n == 0 && *b == Bind::Uniform))
             .collect();
         let n_storage = storage.len();
         if buffers.len() != n_storage {
@@ -446,13 +463,18 @@ impl Gpu {
                 resource: u.as_entire_binding(),
             });
         }
-        for (b, (binding, _)) in buffers.iter().zip(&storage) {
-            if !b.usage.contains(Usage::STORAGE) {
-                bail!("buffer {} is not a storage buffer", b.label);
+        for (b, (binding, kind)) in buffers.iter().zip(&storage) {
+            let need = if *kind == Bind::Uniform {
+                Usage::UNIFORM
+            } else {
+                Usage::STORAGE
+            };
+            if !b.usage.contains(need) {
+                bail!("buffer {} cannot be bound as {need:?}", b.label);
             }
             entries.push(wgpu::BindGroupEntry {
                 binding: *binding,
-                resource: b.buffer.as_entire_binding(),
+                resource: b.binding(),
             });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

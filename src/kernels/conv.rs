@@ -148,6 +148,9 @@ pub struct Conv {
 }
 
 impl Conv {
+    /// Build the layer. If `b.params` has UNIFORM usage and the layer's slice starts at a
+    /// 256-byte boundary (`FlowSpec` lays parameters out so) and fits a uniform binding,
+    /// forward and backward_input read the weights through it.
     pub fn new(gpu: &Gpu, spec: ConvSpec, b: &ConvBuffers) -> Result<Conv> {
         let d = spec.dims;
         if d.taps != b.lattice.taps() || d.volume != b.lattice.lattice.volume() {
@@ -189,8 +192,24 @@ impl Conv {
             InputGrad::TimesActGrad(a) => (1, a),
             InputGrad::AddMasked => (2, Act::None),
         };
+        // Weights through a uniform binding of the layer's slice where the buffer, the alignment
+        // and the size allow it (see W_UBO in conv.wgsl).
+        let lim = &gpu.limits;
+        let w_bytes = (d.n_params().div_ceil(4) * 16) as u64;
+        let w_start = (spec.w_off * 4) as u64;
+        let ubo = b.params.usage.contains(crate::gpu::Usage::UNIFORM)
+            && w_start % lim.min_uniform_buffer_offset_alignment as u64 == 0
+            && w_bytes <= lim.max_uniform_buffer_binding_size as u64
+            && w_start + w_bytes <= b.params.size;
+        let wu = if ubo {
+            b.params.range(w_start, w_bytes)
+        } else {
+            gpu.dummy_uniform.clone()
+        };
         let base = |entry| {
             KernelSpec::new(Shader::Conv, entry)
+                .with("W_UBO", ubo as u32)
+                .with("WLEN", if ubo { (w_bytes / 16) as u32 } else { 1 })
                 .with("CIN", d.cin as u32)
                 .with("COUT", d.cout as u32)
                 .with("TAPS", d.taps as u32)
@@ -225,7 +244,8 @@ impl Conv {
             .bind(2, Bind::Read)
             .bind(3, Bind::Read)
             .bind(4, Bind::Read)
-            .bind(5, Bind::ReadWrite);
+            .bind(5, Bind::ReadWrite)
+            .bind(10, Bind::Uniform);
         // Work models: 2 flops per multiply-add; each tensor touched once.
         let f = 4.0;
         let (bv, macs) = ((d.batch * d.volume) as f64, d.macs() as f64);
@@ -238,7 +258,7 @@ impl Conv {
             .dispatch(
                 &fwd,
                 u,
-                &[b.params, &l.nbr, &l.parity, b.x, b.y],
+                &[b.params, &l.nbr, &l.parity, b.x, b.y, &wu],
                 site_groups,
             )?
             .with_work(2.0 * macs + bv * d.cout as f64, xin + yout + w);
@@ -258,12 +278,13 @@ impl Conv {
             .bind(3, Bind::Read)
             .bind(4, Bind::Read)
             .bind(6, Bind::Read)
-            .bind(7, Bind::ReadWrite);
+            .bind(7, Bind::ReadWrite)
+            .bind(10, Bind::Uniform);
         let backward_input = gpu
             .dispatch(
                 &bin,
                 u,
-                &[b.params, &l.nbr, &l.parity, b.x, g.gy, g.gx],
+                &[b.params, &l.nbr, &l.parity, b.x, g.gy, g.gx, &wu],
                 site_groups,
             )?
             .with_work(2.0 * macs, yout + 2.0 * xin + w);
