@@ -198,8 +198,8 @@ impl Conv {
         let w_bytes = (d.n_params().div_ceil(4) * 16) as u64;
         let w_start = (spec.w_off * 4) as u64;
         let ubo = b.params.usage.contains(crate::gpu::Usage::UNIFORM)
-            && w_start % lim.min_uniform_buffer_offset_alignment as u64 == 0
-            && w_bytes <= lim.max_uniform_buffer_binding_size as u64
+            && w_start.is_multiple_of(lim.min_uniform_buffer_offset_alignment as u64)
+            && w_bytes <= lim.max_uniform_buffer_binding_size
             && w_start + w_bytes <= b.params.size;
         let wu = if ubo {
             b.params.range(w_start, w_bytes)
