@@ -10,7 +10,7 @@ use crate::gpu::Gpu;
 use crate::kernels::prior::stream;
 use crate::kernels::reduce::reference::ess_per_sample;
 use crate::lattice::Lattice;
-use crate::observables::{Measurement, tau_acceptance};
+use crate::observables::{Measurement, pareto_k, tau_acceptance};
 use crate::proposals::Proposer;
 use crate::rng::Philox;
 use anyhow::{Context, Result, bail};
@@ -38,6 +38,8 @@ pub struct SampleRun {
     pub accepted: Vec<bool>,
     pub acceptance: f64,
     pub ess: f64,
+    /// Pareto k of the weights' tail (PSIS): above 0.7 the chain's errors are not trustworthy.
+    pub pareto_k: f64,
     pub tau_acc: f64,
     pub seconds: f64,
 }
@@ -141,6 +143,7 @@ pub fn run(
         checkpoint: ck_path,
         acceptance: after.iter().filter(|&&a| a).count() as f64 / after.len().max(1) as f64,
         ess: ess_per_sample(&logw_all),
+        pareto_k: pareto_k(&logw_all),
         tau_acc: tau_acceptance(after),
         primaries,
         accepted,

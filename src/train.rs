@@ -226,7 +226,16 @@ pub fn train(
     write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     let ck = if opts.resume {
-        checkpoint::load(&ckpt_path, &flow, true)?
+        let ck = checkpoint::load(&ckpt_path, &flow, true)?;
+        if ck.adam.is_none() {
+            bail!(
+                "--resume: {} holds no Adam moments for this model, so the run cannot continue \
+                 exactly; start a new run with training.pretrained = {:?} instead",
+                ckpt_path.display(),
+                ckpt_path.display().to_string()
+            );
+        }
+        ck
     } else {
         Checkpoint {
             params: initial_params(cfg, &flow)?,

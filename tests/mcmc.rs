@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::mcmc::{HmcOptions, MhChain, run_hmc};
-use gomaflow_wgpu::observables::{Summary, free, jackknife, tau_acceptance, wolff};
+use gomaflow_wgpu::observables::{Summary, free, jackknife, pareto_k, tau_acceptance, wolff};
 use gomaflow_wgpu::rng::Philox;
 
 /// AR(1): x_t = rho x_{t-1} + sqrt(1 - rho^2) e_t has rho(t) = rho^t, so
@@ -139,4 +139,21 @@ fn hmc_free_field_2d() {
 #[test]
 fn hmc_free_field_3d() {
     hmc_free(3, 4, 1.0, 12);
+}
+
+/// Pareto-smoothed importance sampling's k: weights w = U^-xi have a Pareto tail of shape xi.
+#[test]
+fn pareto_k_of_known_tails() {
+    let mut r = Philox::new(8, 0);
+    for xi in [0.2, 0.5, 0.9] {
+        let lw: Vec<f64> = (0..20_000)
+            .map(|_| -xi * (1.0 - r.uniform()).ln())
+            .collect();
+        let k = pareto_k(&lw);
+        eprintln!("CHECK Pareto k of a tail of shape {xi}: {k:.3}");
+        assert!((k - xi).abs() < 0.1, "{k} vs {xi}");
+    }
+    // Bounded weights: k well below 0.5.
+    let lw: Vec<f64> = (0..20_000).map(|_| r.uniform()).collect();
+    assert!(pareto_k(&lw) < 0.2);
 }

@@ -10,7 +10,9 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-/// Below this ESS per sample `sample` warns that its error bars may not be trustworthy.
+/// Above this Pareto k of the weights (or below this ESS) `sample` warns that its error bars
+/// may not be trustworthy.
+pub const HIGH_PARETO_K: f64 = 0.7;
 pub const LOW_ESS: f64 = 0.01;
 
 /// Plot C(t) and m_eff(t) with error bars.
@@ -68,10 +70,14 @@ pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String
     let png = dir.join("correlator.png");
     plot_correlator(&png, &s, "flow + MH")?;
     let per_sample = r.seconds / opts.samples as f64;
-    if r.ess < LOW_ESS {
+    if r.pareto_k > HIGH_PARETO_K || r.ess < LOW_ESS {
         eprintln!(
-            "warning: ESS per sample is {:.4}: the flow's weights are heavy-tailed, so it misses part of the target. The chain is exact in the limit, but a finite one under-samples what the flow misses and its error bars may be too small, however good the acceptance ({:.3}) looks. Train longer, or check against `gomaflow-wgpu hmc`.",
-            r.ess, r.acceptance
+            "warning: the flow's weights are heavy-tailed (Pareto k {:.2}, ESS per sample {:.4}): \
+             the flow misses part of the target, mostly at large |phi|. The chain is exact in the \
+             limit, but a finite one under-samples what the flow misses, so averages are biased \
+             and their error bars too small, however good the acceptance ({:.3}) looks. Train \
+             longer, or check against `gomaflow-wgpu hmc`.",
+            r.pareto_k, r.ess, r.acceptance
         );
     }
     if json {
@@ -84,6 +90,7 @@ pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String
             "burn_in": opts.burn_in,
             "acceptance": r.acceptance,
             "ess_per_sample": r.ess,
+            "pareto_k": r.pareto_k,
             "tau_int_acc": r.tau_acc,
             "seconds": r.seconds,
             "seconds_per_sample": per_sample,
@@ -99,9 +106,16 @@ pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String
             gpu.describe()
         );
         println!(
-            "{} proposals, burn-in {}: acceptance {:.4}, ESS per sample {:.4}, \
+            "{} proposals, burn-in {}: acceptance {:.4}, ESS per sample {:.4}, Pareto k {:.2}, \
              acceptance-based tau_int {:.2}; {:.2} s ({:.2e} s per sample)",
-            opts.samples, opts.burn_in, r.acceptance, r.ess, r.tau_acc, r.seconds, per_sample
+            opts.samples,
+            opts.burn_in,
+            r.acceptance,
+            r.ess,
+            r.pareto_k,
+            r.tau_acc,
+            r.seconds,
+            per_sample
         );
         s.print_cost(per_sample);
         s.print();
