@@ -90,7 +90,7 @@ impl ConvSpec {
     /// the tutorial's weight gradients 8x slower; a row keeps each output-gradient load feeding
     /// k * COUT multiply-adds without spilling.
     pub fn default_taps_per_thread(taps: usize, kernel_size: usize, _software: bool) -> usize {
-        if taps % kernel_size == 0 {
+        if taps.is_multiple_of(kernel_size) {
             kernel_size
         } else {
             1
