@@ -174,31 +174,37 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
 }
 
-// Weight and bias gradients, stage 1: one thread per (input channel, row of TPT taps, chunk of
-// samples) holds the TPT * COUT weights that share its loads: TPT gathered inputs and COUT
-// output gradients feed TPT * COUT FMAs. Every thread also sums dL/db (the same loads); the
-// first one writes it. Each chunk writes a partial sum; stage 2 (reduce_weight) adds the chunks
-// in a fixed order: deterministic, no atomics.
+// Weight and bias gradients, stage 1: one thread per (block of COB output channels, input
+// channel, row of TPT taps, chunk of samples) holds the TPT * COB weights that share its loads:
+// TPT gathered inputs and COB output gradients feed TPT * COB FMAs (COB < COUT keeps wide layers
+// in registers). Every thread also sums its block's dL/db (the same loads); the threads of the
+// first (channel, row) write it. Each chunk writes a partial sum; stage 2 (reduce_weight) adds
+// the chunks in a fixed order: deterministic, no atomics.
 const TPT: u32 = 3u;
+const COB: u32 = COUT;
 
 @compute @workgroup_size(WG)
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wid.x * WG + lid;
     let chunk = wid.y;
-    if k >= CIN * (TAPS / TPT) {
+    let rows = CIN * (TAPS / TPT);
+    if k >= rows * (COUT / COB) {
         return;
     }
     // Division by compile-time constants, once per thread (not in the loop).
-    let ci = k / (TAPS / TPT);
-    let t0 = (k - ci * (TAPS / TPT)) * TPT;
+    let cb = k / rows;
+    let r = k - cb * rows;
+    let co0 = cb * COB;
+    let ci = r / (TAPS / TPT);
+    let t0 = (r - ci * (TAPS / TPT)) * TPT;
     let b0 = chunk * p.chunk;
     let b1 = min(b0 + p.chunk, p.batch);
-    var acc: array<f32, TPT * COUT>;
-    var bias: array<f32, COUT>;
-    for (var i = 0u; i < TPT * COUT; i++) {
+    var acc: array<f32, TPT * COB>;
+    var bias: array<f32, COB>;
+    for (var i = 0u; i < TPT * COB; i++) {
         acc[i] = 0.0;
     }
-    for (var co = 0u; co < COUT; co++) {
+    for (var co = 0u; co < COB; co++) {
         bias[co] = 0.0;
     }
     for (var s = 0u; s < p.volume; s++) {
@@ -217,8 +223,8 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             for (var j = 0u; j < TPT; j++) {
                 v[j] = m[j] * x[xrow + n[j]];
             }
-            let grow = b * COUT * p.volume + s;
-            for (var co = 0u; co < COUT; co++) {
+            let grow = (b * COUT + co0) * p.volume + s;
+            for (var co = 0u; co < COB; co++) {
                 let g = gy[grow + co * p.volume];
                 bias[co] += g;
                 for (var j = 0u; j < TPT; j++) {
@@ -228,14 +234,14 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         }
     }
     let base = chunk * p.n_weights;
-    for (var co = 0u; co < COUT; co++) {
+    for (var co = 0u; co < COB; co++) {
         for (var j = 0u; j < TPT; j++) {
-            partial[base + co * (CIN * TAPS) + ci * TAPS + t0 + j] = acc[co * TPT + j];
+            partial[base + (co0 + co) * (CIN * TAPS) + ci * TAPS + t0 + j] = acc[co * TPT + j];
         }
     }
-    if k == 0u {
-        for (var co = 0u; co < COUT; co++) {
-            partial[base + COUT * CIN * TAPS + co] = bias[co];
+    if r == 0u {
+        for (var co = 0u; co < COB; co++) {
+            partial[base + COUT * CIN * TAPS + co0 + co] = bias[co];
         }
     }
 }

@@ -113,6 +113,21 @@ fn f32s(view: &TensorView, name: &str, file: &str) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// Moves a flat vector of the packed layout (each conv's weights and bias end to end) into the
+/// aligned layout of `FlowSpec::param_len`, leaving the padding zero.
+fn spread_packed(flow: &FlowSpec, packed: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; flow.param_len()];
+    let mut src = 0;
+    for l in 0..flow.n_layers {
+        for c in flow.convs(l) {
+            let n = c.cout * c.cin * flow.taps() + c.cout;
+            out[c.offset..c.offset + n].copy_from_slice(&packed[src..src + n]);
+            src += n;
+        }
+    }
+    out
+}
+
 /// Load a checkpoint for `flow`. With `strict_lattice = false` a checkpoint of the same network
 /// on another lattice size is accepted (the convolutions do not depend on L).
 pub fn load(path: &Path, flow: &FlowSpec, strict_lattice: bool) -> Result<Checkpoint> {
@@ -178,14 +193,23 @@ pub fn load(path: &Path, flow: &FlowSpec, strict_lattice: bool) -> Result<Checkp
     let adam = match (st.tensor("adam.m"), st.tensor("adam.v")) {
         (Ok(m), Ok(v)) => {
             let (m, v) = (f32s(&m, "adam.m", &file)?, f32s(&v, "adam.v", &file)?);
-            if m.len() != params.len() || v.len() != params.len() {
+            if m.len() != v.len() {
+                bail!("{file}: Adam moments adam.m and adam.v differ in length");
+            }
+            if m.len() == params.len() {
+                Some((m, v))
+            } else if m.len() == flow.n_params() {
+                // Written before the parameters were aligned for uniform binding: the same
+                // tensors packed end to end. Spread them into the aligned layout.
+                Some((spread_packed(flow, &m), spread_packed(flow, &v)))
+            } else {
                 bail!(
-                    "{file}: Adam moments have {} entries, the model {}",
+                    "{file}: Adam moments have {} entries, the model {} (or {} packed)",
                     m.len(),
-                    params.len()
+                    params.len(),
+                    flow.n_params()
                 );
             }
-            Some((m, v))
         }
         _ => None,
     };

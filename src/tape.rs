@@ -231,6 +231,7 @@ impl Tape {
         let n_convs = channels.len() - 1;
         let tpt =
             ConvSpec::default_taps_per_thread(flow.taps(), flow.kernel_size, gpu.is_software());
+        let cob_of = |cout: usize| ConvSpec::default_couts_per_thread(cout, tpt, gpu.is_software());
 
         // Activations. Train keeps everything the backward reads; Infer reuses one set.
         let n_x = if train { flow.n_layers + 1 } else { 2 };
@@ -260,7 +261,7 @@ impl Tape {
                 cin,
                 cout,
             };
-            ConvSpec::default_chunk(&dims, tpt, gpu.is_software())
+            ConvSpec::default_chunk(&dims, tpt, cob_of(cout), gpu.is_software())
         };
         let (grads, adam_m, adam_v, gx, gh, partial) = if train {
             let np = flow.param_len();
@@ -347,8 +348,13 @@ impl Tape {
                     w_off: c.offset,
                     input_grad,
                     chunk: chunk_of(c.cin, c.cout),
-                    samples_per_thread: ConvSpec::default_samples_per_thread(gpu.is_software()),
+                    samples_per_thread: ConvSpec::default_samples_per_thread(
+                        gpu.is_software(),
+                        c.cin,
+                        c.cout,
+                    ),
                     taps_per_thread: tpt,
+                    couts_per_thread: cob_of(c.cout),
                 };
                 // Gradient wiring: the last convolution's output gradient is the coupling's
                 // dL/dst (gh's last entry); the first one's input gradient is the coupling input's.

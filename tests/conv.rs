@@ -105,8 +105,19 @@ fn run(c: &Case, seed: u64) {
             input_grad: c.input_grad,
             chunk: 2, // two chunks for batch 3: the last one partial
             samples_per_thread: nb,
-            // The GPU and the CPU-adapter choices of taps per weight-gradient thread.
-            taps_per_thread: ConvSpec::default_taps_per_thread(taps, c.k, nb != 1),
+            // Weight-gradient threads of one tap and one output channel, then the defaults of
+            // a CPU adapter (a row of taps; wide layers in blocks of output channels).
+            taps_per_thread: if ubo {
+                ConvSpec::default_taps_per_thread(taps, c.k, true)
+            } else {
+                1
+            },
+            couts_per_thread: if ubo {
+                let tpt = ConvSpec::default_taps_per_thread(taps, c.k, true);
+                ConvSpec::default_couts_per_thread(c.cout, tpt, true)
+            } else {
+                1
+            },
         };
         let bufs = (
             {

@@ -299,3 +299,47 @@ fn fuzz_checkpoint_loader() {
         },
     );
 }
+
+/// Checkpoints written before the parameters were aligned hold Adam's moments packed end to
+/// end; they must load into the aligned layout with every moment beside its parameter.
+#[test]
+fn checkpoint_with_packed_adam_moments_loads() {
+    let flow = small_flow();
+    assert!(flow.n_params() < flow.param_len(), "the test needs padding");
+    let dir = std::env::temp_dir().join(format!("gomaflow-packed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("old.safetensors");
+    let packed: Vec<f32> = (0..flow.n_params()).map(|i| i as f32 + 1.0).collect();
+    let squared: Vec<f32> = packed.iter().map(|v| v * v).collect();
+    checkpoint::save(
+        &path,
+        &flow,
+        &Checkpoint {
+            params: flow.init_params(1),
+            adam: Some((packed.clone(), squared)),
+            step: 3,
+            evaluated_epochs: 0,
+            best_acceptance: 0.0,
+            elapsed_s: 0.0,
+        },
+    )
+    .unwrap();
+    let ck = checkpoint::load(&path, &flow, true).unwrap();
+    let (m, v) = ck.adam.expect("moments kept");
+    assert_eq!(m.len(), flow.param_len());
+    // Walk the aligned layout: each conv's slot holds the next run of packed values, then zeros.
+    let mut next = 1.0f32;
+    let mut covered = vec![false; flow.param_len()];
+    for l in 0..flow.n_layers {
+        for c in flow.convs(l) {
+            let n = c.cout * c.cin * flow.taps() + c.cout;
+            for i in c.offset..c.offset + n {
+                assert_eq!((m[i], v[i]), (next, next * next), "index {i}");
+                covered[i] = true;
+                next += 1.0;
+            }
+        }
+    }
+    assert!(m.iter().zip(&covered).all(|(x, c)| *c || *x == 0.0));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,6 +9,14 @@ use anyhow::{Result, bail};
 const WG: u32 = 64;
 /// Samples per thread on CPU adapters (measured on lavapipe: see BENCHMARKS.md).
 pub const SOFTWARE_NB: usize = 8;
+/// Accumulators a forward or backward_input thread holds on a CPU adapter (NB * channels).
+/// Measured on lavapipe, 32 -> 32 channels, L 16: NB 2 (64) 16.4 GFLOP/s, NB 4 (128) 3.7,
+/// NB 8 (256) 6.4; the tutorial's 8 -> 8 layers run best at NB 8 (64).
+pub const SOFTWARE_ACCUMULATORS: usize = 64;
+/// The same for a backward_weight thread (TPT * COB; it also holds COB bias sums and TPT
+/// inputs). Measured on lavapipe, 32 -> 32 channels: COB 4 (12) 6.6 GFLOP/s, COB 8 (24) 8.5,
+/// COB 16 (48) 3.0 to 5.4, COB 32 (96) 3.1.
+pub const SOFTWARE_WGRAD_ACCUMULATORS: usize = 24;
 
 /// Sizes of one convolution layer applied to a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +74,9 @@ pub struct ConvSpec {
     /// Taps whose weight gradients one backward_weight thread holds (TPT in conv.wgsl): a
     /// divisor of TAPS; each output-gradient load then feeds TPT * COUT multiply-adds.
     pub taps_per_thread: usize,
+    /// Output channels whose weight gradients one backward_weight thread holds (COB in
+    /// conv.wgsl): a divisor of COUT.
+    pub couts_per_thread: usize,
 }
 
 impl ConvSpec {
@@ -76,19 +87,23 @@ impl ConvSpec {
     pub fn partial_len(&self) -> usize {
         self.n_chunks() * self.dims.n_params()
     }
-    /// A chunk size that gives a GPU enough threads (about 16k) while keeping each thread's
-    /// sum long enough to amortise it; on a CPU adapter fewer, longer chunks are cheaper.
-    /// `backward_weight` runs CIN * TAPS threads per chunk.
     /// Samples per thread: 1 on GPUs, where a uniform weight load is broadcast for free; on CPU
     /// adapters each weight load is a gather, so several samples share it.
-    pub fn default_samples_per_thread(software: bool) -> usize {
-        if software { SOFTWARE_NB } else { 1 }
+    /// A thread holds NB * max(CIN, COUT) accumulators; past `SOFTWARE_ACCUMULATORS` they
+    /// spill (measured on lavapipe: 32 -> 32 channels with NB = 8 ran at half the GFLOP/s of
+    /// 8 -> 8), so wide layers take fewer samples per thread.
+    pub fn default_samples_per_thread(software: bool, cin: usize, cout: usize) -> usize {
+        if software {
+            (SOFTWARE_ACCUMULATORS / cin.max(cout)).clamp(1, SOFTWARE_NB)
+        } else {
+            1
+        }
     }
 
     /// Taps per backward_weight thread: one row of the window (k). Measured on lavapipe, a
     /// whole k x k plane (9 taps, 72 accumulators for 8 channels) spilled registers and made
     /// the tutorial's weight gradients 8x slower; a row keeps each output-gradient load feeding
-    /// k * COUT multiply-adds without spilling.
+    /// k * COB multiply-adds without spilling.
     pub fn default_taps_per_thread(taps: usize, kernel_size: usize, _software: bool) -> usize {
         if taps.is_multiple_of(kernel_size) {
             kernel_size
@@ -97,12 +112,32 @@ impl ConvSpec {
         }
     }
 
-    /// Samples per chunk of the weight-gradient sums. A GPU wants about 16k threads; a CPU
+    /// Output channels per backward_weight thread (COB, a divisor of COUT). On a CPU adapter
+    /// the largest whose TPT * COB accumulators stay within `SOFTWARE_WGRAD_ACCUMULATORS`
+    /// (8 channels: all 8; 32 channels: 8); a GPU holds all of them.
+    pub fn default_couts_per_thread(cout: usize, taps_per_thread: usize, software: bool) -> usize {
+        if !software {
+            return cout;
+        }
+        (1..=cout)
+            .rev()
+            .find(|c| cout.is_multiple_of(*c) && c * taps_per_thread <= SOFTWARE_WGRAD_ACCUMULATORS)
+            .unwrap_or(1)
+    }
+
+    /// Samples per chunk of the weight-gradient sums, whose threads (CIN * TAPS / TPT *
+    /// COUT / COB per chunk) each sum over a chunk. A GPU wants about 16k threads; a CPU
     /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
     /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
     /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
-    pub fn default_chunk(dims: &ConvDims, taps_per_thread: usize, software: bool) -> usize {
-        let threads_per_chunk = (dims.cin * dims.taps / taps_per_thread).max(1);
+    pub fn default_chunk(
+        dims: &ConvDims,
+        taps_per_thread: usize,
+        couts_per_thread: usize,
+        software: bool,
+    ) -> usize {
+        let threads_per_chunk =
+            (dims.cin * dims.taps / taps_per_thread * dims.cout / couts_per_thread).max(1);
         let chunks = if software {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -172,6 +207,13 @@ impl Conv {
                 "{} taps per thread do not divide {} taps",
                 spec.taps_per_thread,
                 d.taps
+            );
+        }
+        if spec.couts_per_thread == 0 || !d.cout.is_multiple_of(spec.couts_per_thread) {
+            bail!(
+                "{} output channels per thread do not divide {}",
+                spec.couts_per_thread,
+                d.cout
             );
         }
         if matches!(spec.input_grad, InputGrad::AddMasked) && d.cin != 1 {
@@ -297,6 +339,7 @@ impl Conv {
 
         let bw = base("backward_weight")
             .with("IN_MASK", spec.in_mask as u32)
+            .with("COB", spec.couts_per_thread as u32)
             .bind(2, Bind::Read)
             .bind(3, Bind::Read)
             .bind(4, Bind::Read)
