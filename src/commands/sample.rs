@@ -11,9 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
 /// Above this Pareto k of the weights (or below this ESS) `sample` warns that its error bars
-/// may not be trustworthy.
+/// may not be trustworthy. Measured on the tutorial theory against HMC: flows with ESS 0.014
+/// (k 0.64, 200k proposals) and 0.05 (k 0.49, 16k proposals) read <phi^2> 2.9 and 4 sigma low;
+/// one with ESS 0.52 (k 0.42) agreed within 1 sigma.
 pub const HIGH_PARETO_K: f64 = 0.7;
-pub const LOW_ESS: f64 = 0.01;
+pub const LOW_ESS: f64 = 0.1;
 
 /// Plot C(t) and m_eff(t) with error bars.
 pub fn plot_correlator(path: &Path, s: &Summary, title: &str) -> Result<()> {
