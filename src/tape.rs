@@ -229,9 +229,16 @@ impl Tape {
         }
         let channels = flow.channels();
         let n_convs = channels.len() - 1;
-        let tpt =
-            ConvSpec::default_taps_per_thread(flow.taps(), flow.kernel_size, gpu.is_software());
-        let cob_of = |cout: usize| ConvSpec::default_couts_per_thread(cout, tpt, gpu.is_software());
+        let tpt_of = |cout: usize| {
+            ConvSpec::default_taps_per_thread(
+                flow.taps(),
+                flow.kernel_size,
+                cout,
+                gpu.is_software(),
+            )
+        };
+        let cob_of =
+            |cout: usize| ConvSpec::default_couts_per_thread(cout, tpt_of(cout), gpu.is_software());
 
         // Activations. Train keeps everything the backward reads; Infer reuses one set.
         let n_x = if train { flow.n_layers + 1 } else { 2 };
@@ -261,7 +268,7 @@ impl Tape {
                 cin,
                 cout,
             };
-            ConvSpec::default_chunk(&dims, tpt, cob_of(cout), gpu.is_software())
+            ConvSpec::default_chunk(&dims, tpt_of(cout), cob_of(cout), gpu.is_software())
         };
         let (grads, adam_m, adam_v, gx, gh, partial) = if train {
             let np = flow.param_len();
@@ -353,7 +360,7 @@ impl Tape {
                         c.cin,
                         c.cout,
                     ),
-                    taps_per_thread: tpt,
+                    taps_per_thread: tpt_of(c.cout),
                     couts_per_thread: cob_of(c.cout),
                 };
                 // Gradient wiring: the last convolution's output gradient is the coupling's

@@ -108,12 +108,12 @@ fn run(c: &Case, seed: u64) {
             // Weight-gradient threads of one tap and one output channel, then the defaults of
             // a CPU adapter (a row of taps; wide layers in blocks of output channels).
             taps_per_thread: if ubo {
-                ConvSpec::default_taps_per_thread(taps, c.k, true)
+                ConvSpec::default_taps_per_thread(taps, c.k, c.cout, true)
             } else {
                 1
             },
             couts_per_thread: if ubo {
-                let tpt = ConvSpec::default_taps_per_thread(taps, c.k, true);
+                let tpt = ConvSpec::default_taps_per_thread(taps, c.k, c.cout, true);
                 ConvSpec::default_couts_per_thread(c.cout, tpt, true)
             } else {
                 1

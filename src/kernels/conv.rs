@@ -100,16 +100,32 @@ impl ConvSpec {
         }
     }
 
-    /// Taps per backward_weight thread: one row of the window (k). Measured on lavapipe, a
-    /// whole k x k plane (9 taps, 72 accumulators for 8 channels) spilled registers and made
-    /// the tutorial's weight gradients 8x slower; a row keeps each output-gradient load feeding
-    /// k * COB multiply-adds without spilling.
-    pub fn default_taps_per_thread(taps: usize, kernel_size: usize, _software: bool) -> usize {
-        if taps.is_multiple_of(kernel_size) {
-            kernel_size
-        } else {
-            1
+    /// Taps per backward_weight thread (TPT, a divisor of TAPS). A GPU takes one row of the
+    /// window (k). On a CPU adapter the thread's TPT * COUT accumulators must stay in
+    /// registers: the largest power of k whose TPT * COUT is within
+    /// `SOFTWARE_WGRAD_ACCUMULATORS`, at least a row (wider layers are then split into blocks
+    /// of output channels, `default_couts_per_thread`). Measured on lavapipe: the tutorial's
+    /// 8 -> 8 weight gradients with a whole 3 x 3 plane per thread (72 accumulators) ran 8x
+    /// slower than with a row (24); its 8 -> 2 ones 15-20 % faster with a plane (18) than a row.
+    pub fn default_taps_per_thread(
+        taps: usize,
+        kernel_size: usize,
+        cout: usize,
+        software: bool,
+    ) -> usize {
+        if !taps.is_multiple_of(kernel_size) {
+            return 1;
         }
+        let mut tpt = kernel_size;
+        while software
+            && kernel_size > 1
+            && taps.is_multiple_of(tpt * kernel_size)
+            && tpt * kernel_size <= 25
+            && tpt * kernel_size * cout <= SOFTWARE_WGRAD_ACCUMULATORS
+        {
+            tpt *= kernel_size;
+        }
+        tpt
     }
 
     /// Output channels per backward_weight thread (COB, a divisor of COUT). On a CPU adapter
