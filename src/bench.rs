@@ -54,10 +54,14 @@ pub struct BenchReport {
     pub kernels: Vec<KernelRow>,
 }
 
+/// About how long the sampling rate is measured for.
+const SAMPLE_SECONDS: f64 = 10.0;
+
 pub struct BenchOptions {
     pub steps: usize,
     pub reps: usize,
     pub sample_batch: usize,
+    /// At most this many batches after the warm-up one (fewer where they would pass 10 s).
     pub sample_batches: usize,
 }
 
@@ -147,11 +151,20 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         stream::SAMPLE,
         "--batch",
     )?;
-    proposer.draw(gpu, 0, o.sample_batch, false, |_| {})?;
+    // Warm-up batch; where one batch already takes long (large lattices on a CPU adapter),
+    // it is the measurement, and otherwise as many batches as fit in about 10 s are timed.
     let s = Instant::now();
-    let n = o.sample_batch * o.sample_batches;
-    proposer.draw(gpu, 1, n, false, |_| {})?;
-    let sample_per_s = n as f64 / s.elapsed().as_secs_f64();
+    proposer.draw(gpu, 0, o.sample_batch, false, |_| {})?;
+    let first = s.elapsed().as_secs_f64();
+    let sample_per_s = if first > SAMPLE_SECONDS {
+        o.sample_batch as f64 / first
+    } else {
+        let batches = ((SAMPLE_SECONDS / first) as usize).clamp(1, o.sample_batches);
+        let n = o.sample_batch * batches;
+        let s = Instant::now();
+        proposer.draw(gpu, 1, n, false, |_| {})?;
+        n as f64 / s.elapsed().as_secs_f64()
+    };
 
     let info = &gpu.info;
     Ok(BenchReport {

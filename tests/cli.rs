@@ -387,3 +387,33 @@ fn interrupts_lose_nothing() {
         assert!(!name.contains(".tmp"), "{name}");
     }
 }
+
+/// `bench --json` reports what DESIGN §5 promises: a positive step time, every kernel of the
+/// step timed, the dispatch count, proposals per second, the planned memory, the adapter.
+#[test]
+fn bench_reports_the_step_and_its_kernels() {
+    let dir = tmpdir("cli-bench");
+    let cfg = small(&dir, "b.toml", 1, "");
+    let o = run(&["bench", cfg.to_str().unwrap(), "--json", "--steps", "3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let step = j["train_step_s"].as_f64().unwrap();
+    assert!(step > 0.0 && step < 10.0, "train_step_s {step}");
+    assert!(j["sample_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["memory_bytes"].as_u64().unwrap() > 0);
+    assert!(!j["adapter"].as_str().unwrap().is_empty());
+    // 2 layers of [4]: prior, action, loss, Adam and per layer 2 convolutions with their
+    // backward kernels, and the couplings.
+    let dispatches = j["dispatches_per_step"].as_u64().unwrap();
+    let kernels = j["kernels"].as_array().unwrap();
+    let calls: u64 = kernels.iter().map(|k| k["calls"].as_u64().unwrap()).sum();
+    assert_eq!(calls, dispatches, "every dispatch of the step is timed");
+    for k in kernels {
+        assert!(k["median_s"].as_f64().unwrap() > 0.0, "{k}");
+    }
+    assert!(
+        kernels
+            .iter()
+            .any(|k| k["name"].as_str().unwrap().starts_with("conv.forward"))
+    );
+}
