@@ -39,6 +39,23 @@ struct Params {
     _pad1: f32,
 }
 
+impl Params {
+    /// The uniforms of every HMC kernel: `step` is the kick's a * eps or the drift's eps.
+    fn new(spec: &HmcSpec, volume: usize, step: f64) -> Params {
+        let key = key_of(spec.seed);
+        Params {
+            n: (spec.chains * volume) as u32,
+            volume: volume as u32,
+            key_lo: key[0],
+            key_hi: key[1],
+            stream: STREAM_ACCEPT,
+            _pad0: 0,
+            step: step as f32,
+            _pad1: 0.0,
+        }
+    }
+}
+
 /// The buffers of the chains: `phi` [chains, site] is the current configuration of each.
 pub struct HmcBuffers {
     pub phi: GpuBuffer,
@@ -111,17 +128,7 @@ impl Hmc {
         };
         let start = Action::new(gpu, aspec, lattice, &buf.phi, &buf.s_start, &buf.grad)?;
         let end = Action::new(gpu, aspec, lattice, &buf.phi, &buf.s_end, &buf.grad)?;
-        let key = key_of(spec.seed);
-        let params = |step: f64| Params {
-            n: n as u32,
-            volume: v as u32,
-            key_lo: key[0],
-            key_hi: key[1],
-            stream: STREAM_ACCEPT,
-            _pad0: 0,
-            step: step as f32,
-            _pad1: 0.0,
-        };
+        let params = |step: f64| Params::new(&spec, v, step);
         let groups = n.div_ceil(WG as usize);
         let (gx, gy) = (groups.min(65535), groups.div_ceil(65535));
         let elementwise = |entry, step: f64| -> Result<Dispatch> {
@@ -203,17 +210,7 @@ impl Hmc {
     pub fn set_step_size(&mut self, gpu: &Gpu, eps: f64) {
         self.spec.eps = eps;
         let v = self.buf.phi.len() / self.spec.chains.max(1);
-        let key = key_of(self.spec.seed);
-        let p = |step: f64| Params {
-            n: (self.spec.chains * v) as u32,
-            volume: v as u32,
-            key_lo: key[0],
-            key_hi: key[1],
-            stream: STREAM_ACCEPT,
-            _pad0: 0,
-            step: step as f32,
-            _pad1: 0.0,
-        };
+        let p = |step: f64| Params::new(&self.spec, v, step);
         self.kick_half
             .write_uniform(&gpu.queue, bytemuck::bytes_of(&p(0.5 * eps)));
         self.kick_full
