@@ -8,7 +8,7 @@ use crate::gpu::Gpu;
 use crate::gpu::timing::median;
 use crate::kernels::prior::stream;
 use crate::proposals::Proposer;
-use crate::tape::{Tape, TapeSpec};
+use crate::tape::{Fusion, Tape, TapeSpec};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -63,6 +63,8 @@ pub struct BenchOptions {
     pub sample_batch: usize,
     /// At most this many batches after the warm-up one (fewer where they would pass 10 s).
     pub sample_batches: usize,
+    /// One dispatch per coupling layer's forward (`TapeSpec::fusion`).
+    pub fusion: Fusion,
 }
 
 impl Default for BenchOptions {
@@ -72,6 +74,7 @@ impl Default for BenchOptions {
             reps: 5,
             sample_batch: 1024,
             sample_batches: 4,
+            fusion: Fusion::Auto,
         }
     }
 }
@@ -86,6 +89,7 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         TapeSpec {
             // Tiny steps keep the weights near their start while we time them.
             lr: 1e-7,
+            fusion: o.fusion,
             ..TapeSpec::training(cfg)
         },
         &params,

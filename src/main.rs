@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use gomaflow_wgpu::commands;
+use gomaflow_wgpu::tape::Fusion;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -110,6 +111,10 @@ enum Command {
         /// Override training.batchsize.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65535))]
         batch: Option<u64>,
+        /// Each coupling layer's forward as one dispatch: auto (on GPUs), on (wherever it
+        /// fits), off (one launch per convolution).
+        #[arg(long, value_enum, default_value_t = Fusion::Auto)]
+        fusion: Fusion,
     },
     /// List every adapter wgpu can use, in `device_id` order, with the limits that matter.
     Devices,
@@ -194,12 +199,14 @@ fn main() -> ExitCode {
             adapter,
             steps,
             batch,
+            fusion,
         } => commands::bench::run(
             config,
             json,
             adapter,
             steps as usize,
             batch.map(|b| b as usize),
+            fusion,
         )
         .map(|()| 0),
         Command::Devices => commands::devices::run().map(|()| 0),

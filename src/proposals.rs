@@ -63,6 +63,7 @@ impl Proposer {
             lam: cfg.physical.lam,
             lr: 0.0,
             batch_key,
+            fusion: crate::tape::Fusion::Auto,
         };
         let tape = Tape::new(gpu, spec, params, &counter)?;
         Ok(Proposer { tape, counter })

@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use gomaflow_wgpu::kernels::conv::{
-    Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference,
+    Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, ConvTiling, InputGrad, reference,
 };
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
@@ -103,20 +103,21 @@ fn run(c: &Case, seed: u64) {
             parity,
             w_off,
             input_grad: c.input_grad,
-            chunk: 2, // two chunks for batch 3: the last one partial
-            samples_per_thread: nb,
-            // Weight-gradient threads of one tap and one output channel, then the defaults of
-            // a CPU adapter (a row of taps; wide layers in blocks of output channels).
-            taps_per_thread: if ubo {
-                ConvSpec::default_taps_per_thread(taps, c.k, c.cout, true)
-            } else {
-                1
-            },
-            couts_per_thread: if ubo {
-                let tpt = ConvSpec::default_taps_per_thread(taps, c.k, c.cout, true);
-                ConvSpec::default_couts_per_thread(c.cout, tpt, true)
-            } else {
-                1
+            tiling: ConvTiling {
+                chunk: 2, // two chunks for batch 3: the last one partial
+                samples_per_thread: nb,
+                // Weight-gradient threads of one tap and one output channel, then the tiling
+                // of a CPU adapter (a row of taps; wide layers in blocks of output channels).
+                ..if ubo {
+                    ConvTiling::for_adapter(&dims, c.k, true)
+                } else {
+                    ConvTiling {
+                        samples_per_thread: nb,
+                        taps_per_thread: 1,
+                        couts_per_thread: 1,
+                        chunk: 2,
+                    }
+                }
             },
         };
         let bufs = (

@@ -41,6 +41,35 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 v.push(vec![("WG", wg), ("ACT", 0)]);
             }
         }
+        Shader::CouplingLayer => {
+            // The tutorial (2D L 8, [8, 8]), one hidden layer (no HID -> HID stage), 4D L 2,
+            // training and inference, both final activations.
+            v.push(vec![
+                ("V", 64),
+                ("TAPS", 9),
+                ("HID", 8),
+                ("NHID", 2),
+                ("TRAIN", 1),
+            ]);
+            v.push(vec![
+                ("V", 16),
+                ("TAPS", 81),
+                ("HID", 2),
+                ("NHID", 1),
+                ("HLEN", 32),
+                ("WG", 16),
+                ("ACT_OUT", 0),
+            ]);
+            v.push(vec![
+                ("V", 196),
+                ("TAPS", 9),
+                ("HID", 8),
+                ("NHID", 3),
+                ("HLEN", 3136),
+                ("WG", 64),
+                ("TRAIN", 1),
+            ]);
+        }
         Shader::Action => {
             for nd in 1..=4 {
                 v.push(vec![("ND", nd), ("WG", if nd == 1 { 32 } else { 256 })]);

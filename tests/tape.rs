@@ -11,7 +11,7 @@ use gomaflow_wgpu::flow::{FlowSpec, reference};
 use gomaflow_wgpu::kernels::adam::{self, AdamSpec};
 use gomaflow_wgpu::kernels::prior::{reference as prior_ref, stream};
 use gomaflow_wgpu::lattice::Lattice;
-use gomaflow_wgpu::tape::{Mode, Tape, TapeSpec};
+use gomaflow_wgpu::tape::{Fusion, Mode, Tape, TapeSpec};
 
 fn flow(nd: usize, l: usize, layers: usize, hidden: Vec<usize>, k: usize, tanh: bool) -> FlowSpec {
     FlowSpec {
@@ -30,6 +30,16 @@ fn parameter_counts() {
 }
 
 fn tape_spec(f: &FlowSpec, batch: usize, prior: PriorKind, lr: f64) -> TapeSpec {
+    tape_spec_fused(f, batch, prior, lr, Fusion::On)
+}
+
+fn tape_spec_fused(
+    f: &FlowSpec,
+    batch: usize,
+    prior: PriorKind,
+    lr: f64,
+    fusion: Fusion,
+) -> TapeSpec {
     TapeSpec {
         flow: f.clone(),
         batch,
@@ -41,18 +51,35 @@ fn tape_spec(f: &FlowSpec, batch: usize, prior: PriorKind, lr: f64) -> TapeSpec 
         lam: 8.0,
         lr,
         batch_key: "training.batchsize",
+        fusion,
     }
 }
 
 /// Run `steps` training steps on the GPU and on the reference, comparing the gradient and the
-/// loss of each step and the parameters after it.
+/// loss of each step and the parameters after it; with each coupling layer's forward as one
+/// dispatch (where the net allows) and as separate launches.
 fn train_steps(label: &str, f: &FlowSpec, batch: usize, prior: PriorKind, steps: u64, fd: bool) {
+    train_steps_with(label, f, batch, prior.clone(), steps, fd, Fusion::On);
+    let label = format!("{label} unfused");
+    train_steps_with(&label, f, batch, prior, steps, false, Fusion::Off);
+}
+
+fn train_steps_with(
+    label: &str,
+    f: &FlowSpec,
+    batch: usize,
+    prior: PriorKind,
+    steps: u64,
+    fd: bool,
+    fusion: Fusion,
+) {
     let g = gpu();
     let lr = 1e-2;
     let p0: Vec<f64> = f.init_params(7).iter().map(|&x| x as f64).collect();
     let params = g.upload_params(&f32s(&p0)).unwrap();
     let counter = g.upload("counter", &[0u32; 4]).unwrap();
-    let tape = Tape::new(g, tape_spec(f, batch, prior.clone(), lr), &params, &counter).unwrap();
+    let spec = tape_spec_fused(f, batch, prior.clone(), lr, fusion);
+    let tape = Tape::new(g, spec, &params, &counter).unwrap();
     let v = f.lattice.volume();
 
     let n = p0.len();

@@ -3,6 +3,7 @@
 use crate::bench::{self, BenchOptions};
 use crate::config::Config;
 use crate::gpu::{AdapterChoice, Gpu};
+use crate::tape::Fusion;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ pub fn run(
     adapter: Option<String>,
     steps: usize,
     batch: Option<usize>,
+    fusion: Fusion,
 ) -> Result<()> {
     let (mut cfg, name) = match &config {
         Some(p) => (Config::load(p)?, p.display().to_string()),
@@ -29,6 +31,7 @@ pub fn run(
     let gpu = Gpu::new(&AdapterChoice::new(adapter.as_deref(), cfg.device_id))?;
     let opts = BenchOptions {
         steps,
+        fusion,
         ..Default::default()
     };
     let report = bench::run(&gpu, &cfg, &name, &opts)?;

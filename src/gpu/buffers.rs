@@ -19,12 +19,19 @@ pub struct GpuBuffer {
 }
 
 impl GpuBuffer {
-    /// The same buffer, bound as the byte range [offset, offset + size).
+    /// The same buffer, bound as the byte range [offset, offset + size) of this view: `size`
+    /// and `len` are then the range's, and reads and writes start at its offset.
     pub fn range(&self, offset: u64, size: u64) -> GpuBuffer {
         GpuBuffer {
-            range: Some((offset, size)),
+            range: Some((self.offset() + offset, size)),
+            size,
             ..self.clone()
         }
+    }
+
+    /// Byte offset of this view in the underlying buffer.
+    pub fn offset(&self) -> u64 {
+        self.range.map_or(0, |(o, _)| o)
     }
 
     /// What a bind-group entry binds: the range if one is set.
@@ -117,12 +124,12 @@ impl Gpu {
     /// Overwrite the start of `buf` with `data` (staged into the next submit).
     pub fn write<T: bytemuck::Pod>(&self, buf: &GpuBuffer, data: &[T]) {
         self.queue
-            .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
+            .write_buffer(&buf.buffer, buf.offset(), bytemuck::cast_slice(data));
     }
 
     /// Copy a buffer back to the host and wait for it. Not for hot loops.
     pub fn read<T: bytemuck::Pod>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
-        self.read_range(buf, 0, buf.size)
+        self.read_range(buf, buf.offset(), buf.size)
     }
 
     /// Copy `size` bytes from `offset` of `buf` back to the host.

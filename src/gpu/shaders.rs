@@ -13,6 +13,7 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub enum Shader {
     Conv,
     Coupling,
+    CouplingLayer,
     Action,
     Prior,
     Reduce,
@@ -21,9 +22,10 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 7] = [
+    pub const ALL: [Shader; 8] = [
         Shader::Conv,
         Shader::Coupling,
+        Shader::CouplingLayer,
         Shader::Action,
         Shader::Prior,
         Shader::Reduce,
@@ -35,6 +37,7 @@ impl Shader {
         match self {
             Shader::Conv => "conv",
             Shader::Coupling => "coupling",
+            Shader::CouplingLayer => "coupling_layer",
             Shader::Action => "action",
             Shader::Prior => "prior",
             Shader::Reduce => "reduce",
@@ -48,6 +51,7 @@ impl Shader {
         match self {
             Shader::Conv => include_str!("../../shaders/conv.wgsl"),
             Shader::Coupling => include_str!("../../shaders/coupling.wgsl"),
+            Shader::CouplingLayer => include_str!("../../shaders/coupling_layer.wgsl"),
             Shader::Action => include_str!("../../shaders/action.wgsl"),
             Shader::Prior => include_str!("../../shaders/prior.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),

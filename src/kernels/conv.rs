@@ -67,32 +67,54 @@ pub struct ConvSpec {
     /// Offset of the weights (then the bias) in the flat parameter and gradient buffers.
     pub w_off: usize,
     pub input_grad: InputGrad,
-    /// Samples per chunk of the weight-gradient reduction.
-    pub chunk: usize,
-    /// Samples per thread of forward and backward_input (see `NB` in conv.wgsl).
-    pub samples_per_thread: usize,
-    /// Taps whose weight gradients one backward_weight thread holds (TPT in conv.wgsl): a
-    /// divisor of TAPS; each output-gradient load then feeds TPT * COUT multiply-adds.
-    pub taps_per_thread: usize,
-    /// Output channels whose weight gradients one backward_weight thread holds (COB in
-    /// conv.wgsl): a divisor of COUT.
-    pub couts_per_thread: usize,
+    /// How the work is split over threads (`ConvTiling::for_adapter` unless a test picks).
+    pub tiling: ConvTiling,
 }
 
 impl ConvSpec {
     pub fn n_chunks(&self) -> usize {
-        self.dims.batch.div_ceil(self.chunk)
+        self.dims.batch.div_ceil(self.tiling.chunk)
     }
     /// Length of the scratch buffer of weight-gradient partial sums.
     pub fn partial_len(&self) -> usize {
         self.n_chunks() * self.dims.n_params()
+    }
+}
+
+/// How one convolution's work is split over threads: each choice is a compile-time constant
+/// of conv.wgsl, tuned per adapter kind (measurements in BENCHMARKS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTiling {
+    /// Samples per thread of forward and backward_input (see `NB` in conv.wgsl).
+    pub samples_per_thread: usize,
+    /// Taps whose weight gradients one backward_weight thread holds (TPT in conv.wgsl): a
+    /// divisor of TAPS; each output-gradient load then feeds TPT * COB multiply-adds.
+    pub taps_per_thread: usize,
+    /// Output channels whose weight gradients one backward_weight thread holds (COB in
+    /// conv.wgsl): a divisor of COUT.
+    pub couts_per_thread: usize,
+    /// Samples per chunk of the weight-gradient reduction.
+    pub chunk: usize,
+}
+
+impl ConvTiling {
+    /// The tiling for `dims` on a GPU or (`software`) on a CPU adapter such as lavapipe.
+    pub fn for_adapter(dims: &ConvDims, kernel_size: usize, software: bool) -> ConvTiling {
+        let tpt = Self::default_taps_per_thread(dims.taps, kernel_size, dims.cout, software);
+        let cob = Self::default_couts_per_thread(dims.cout, tpt, software);
+        ConvTiling {
+            samples_per_thread: Self::default_samples_per_thread(software, dims.cin, dims.cout),
+            taps_per_thread: tpt,
+            couts_per_thread: cob,
+            chunk: Self::default_chunk(dims, tpt, cob, software),
+        }
     }
     /// Samples per thread: 1 on GPUs, where a uniform weight load is broadcast for free; on CPU
     /// adapters each weight load is a gather, so several samples share it.
     /// A thread holds NB * max(CIN, COUT) accumulators; past `SOFTWARE_ACCUMULATORS` they
     /// spill (measured on lavapipe: 32 -> 32 channels with NB = 8 ran at half the GFLOP/s of
     /// 8 -> 8), so wide layers take fewer samples per thread.
-    pub fn default_samples_per_thread(software: bool, cin: usize, cout: usize) -> usize {
+    fn default_samples_per_thread(software: bool, cin: usize, cout: usize) -> usize {
         if software {
             (SOFTWARE_ACCUMULATORS / cin.max(cout)).clamp(1, SOFTWARE_NB)
         } else {
@@ -107,7 +129,7 @@ impl ConvSpec {
     /// of output channels, `default_couts_per_thread`). Measured on lavapipe: the tutorial's
     /// 8 -> 8 weight gradients with a whole 3 x 3 plane per thread (72 accumulators) ran 8x
     /// slower than with a row (24); its 8 -> 2 ones 15-20 % faster with a plane (18) than a row.
-    pub fn default_taps_per_thread(
+    fn default_taps_per_thread(
         taps: usize,
         kernel_size: usize,
         cout: usize,
@@ -131,7 +153,7 @@ impl ConvSpec {
     /// Output channels per backward_weight thread (COB, a divisor of COUT). On a CPU adapter
     /// the largest whose TPT * COB accumulators stay within `SOFTWARE_WGRAD_ACCUMULATORS`
     /// (8 channels: all 8; 32 channels: 8); a GPU holds all of them.
-    pub fn default_couts_per_thread(cout: usize, taps_per_thread: usize, software: bool) -> usize {
+    fn default_couts_per_thread(cout: usize, taps_per_thread: usize, software: bool) -> usize {
         if !software {
             return cout;
         }
@@ -146,7 +168,7 @@ impl ConvSpec {
     /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
     /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
     /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
-    pub fn default_chunk(
+    fn default_chunk(
         dims: &ConvDims,
         taps_per_thread: usize,
         couts_per_thread: usize,
@@ -215,20 +237,21 @@ impl Conv {
         }
         // More than a 5 x 5 plane per thread exhausts lavapipe's private memory (81 taps gave
         // wrong results there), and no adapter gains from it.
-        if spec.taps_per_thread == 0
-            || spec.taps_per_thread > 25
-            || !d.taps.is_multiple_of(spec.taps_per_thread)
+        if spec.tiling.taps_per_thread == 0
+            || spec.tiling.taps_per_thread > 25
+            || !d.taps.is_multiple_of(spec.tiling.taps_per_thread)
         {
             bail!(
                 "{} taps per thread do not divide {} taps",
-                spec.taps_per_thread,
+                spec.tiling.taps_per_thread,
                 d.taps
             );
         }
-        if spec.couts_per_thread == 0 || !d.cout.is_multiple_of(spec.couts_per_thread) {
+        if spec.tiling.couts_per_thread == 0 || !d.cout.is_multiple_of(spec.tiling.couts_per_thread)
+        {
             bail!(
                 "{} output channels per thread do not divide {}",
-                spec.couts_per_thread,
+                spec.tiling.couts_per_thread,
                 d.cout
             );
         }
@@ -278,9 +301,9 @@ impl Conv {
                 .with("COUT", d.cout as u32)
                 .with("TAPS", d.taps as u32)
                 .with("WG", WG)
-                .with("NB", spec.samples_per_thread as u32)
+                .with("NB", spec.tiling.samples_per_thread as u32)
                 // Every entry point of the module must be valid, so all see the real TPT.
-                .with("TPT", spec.taps_per_thread as u32)
+                .with("TPT", spec.tiling.taps_per_thread as u32)
                 .bind(0, Bind::Uniform)
         };
         let uniform = Params {
@@ -288,7 +311,7 @@ impl Conv {
             volume: d.volume as u32,
             w_off: spec.w_off as u32,
             parity: spec.parity,
-            chunk: spec.chunk as u32,
+            chunk: spec.tiling.chunk as u32,
             n_weights: d.n_params() as u32,
             n_chunks: spec.n_chunks() as u32,
             _pad: 0,
@@ -296,7 +319,7 @@ impl Conv {
         let u = Some(bytemuck::bytes_of(&uniform));
         let site_groups = [
             groups_for(d.volume, WG as usize),
-            d.batch.div_ceil(spec.samples_per_thread) as u32,
+            d.batch.div_ceil(spec.tiling.samples_per_thread) as u32,
             1,
         ];
         let l = b.lattice;
@@ -355,7 +378,7 @@ impl Conv {
 
         let bw = base("backward_weight")
             .with("IN_MASK", spec.in_mask as u32)
-            .with("COB", spec.couts_per_thread as u32)
+            .with("COB", spec.tiling.couts_per_thread as u32)
             .bind(2, Bind::Read)
             .bind(3, Bind::Read)
             .bind(4, Bind::Read)

@@ -6,6 +6,7 @@ pub mod action;
 pub mod adam;
 pub mod conv;
 pub mod coupling;
+pub mod coupling_layer;
 pub mod hmc;
 pub mod prior;
 pub mod reduce;

@@ -1,0 +1,252 @@
+//! A whole coupling layer's forward in one dispatch (`shaders/coupling_layer.wgsl`): the net's
+//! convolutions, their activations, the affine coupling and its log J, one sample per
+//! workgroup with the sample's activations in workgroup memory. It computes what `conv`'s
+//! forward (three or more launches) followed by `coupling`'s forward computes; its reference is
+//! theirs (`flow::reference::forward` of one layer), and the tests compare it with both.
+//!
+//! It applies where the net is [1, HID, ..., HID, 2] (equal hidden widths) and one sample's
+//! activations fit in workgroup memory (`CouplingLayerSpec::unfusable`): the tutorial's 8 x 8
+//! lattice with [8, 8] takes 4 KiB of the 16 KiB. Elsewhere the tape launches the convolutions
+//! one by one.
+
+use super::LatticeBuffers;
+use crate::flow::{ConvLayout, PARAM_ALIGN};
+use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use anyhow::{Result, bail};
+
+/// Threads per workgroup, at most (one sample per workgroup; smaller lattices take fewer).
+const MAX_WG: usize = 64;
+/// Accumulators (sites x channels) per thread on a CPU adapter. Measured on lavapipe, the
+/// tutorial's layer (HID 8, training): SPT 1 1422 us, 2 1286, 4 (32) 894, 8 (64) 1142.
+pub const SOFTWARE_ACCUMULATORS: usize = 32;
+
+/// Where each convolution of a layer writes its output in the layer's activation buffer:
+/// segment j holds [batch, channels[j + 1], volume], each segment starting at a multiple of
+/// 64 floats (256 bytes, where a storage binding may start). Returns the offsets (floats) and
+/// the buffer's length.
+pub fn activation_offsets(batch: usize, volume: usize, channels: &[usize]) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(channels.len().saturating_sub(1));
+    let mut end = 0;
+    for &c in &channels[1..] {
+        offsets.push(end);
+        end += (batch * c * volume).div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+    }
+    (offsets, end)
+}
+
+#[derive(Clone, Debug)]
+pub struct CouplingLayerSpec {
+    pub batch: usize,
+    pub volume: usize,
+    /// k^Nd.
+    pub taps: usize,
+    /// The layer's convolutions in order, with their parameter offsets (`FlowSpec::convs`).
+    pub convs: Vec<ConvLayout>,
+    /// Checkerboard parity: mask(site) = parity_table[site] ^ parity, 1 = frozen.
+    pub parity: u32,
+    /// Also write every convolution's output (for the backward).
+    pub train: bool,
+    /// Sites per thread; `None` takes the adapter's (`sites_per_thread`).
+    pub sites_per_thread: Option<usize>,
+}
+
+impl CouplingLayerSpec {
+    /// (HID, NHID) when the net is [1, HID x NHID, 2] with LeakyReLU between.
+    fn shape(&self) -> Option<(usize, usize)> {
+        let n = self.convs.len();
+        if n < 2 || self.convs[0].cin != 1 || self.convs[n - 1].cout != 2 {
+            return None;
+        }
+        let hid = self.convs[0].cout;
+        let hidden_ok = self.convs[..n - 1]
+            .iter()
+            .enumerate()
+            .all(|(j, c)| c.cout == hid && (j == 0 || c.cin == hid) && c.act == super::Act::Leaky);
+        (hidden_ok && self.convs[n - 1].cin == hid).then_some((hid, n - 1))
+    }
+
+    /// Sites per thread (SPT in the shader): 1 on GPUs; on CPU adapters SPT * HID =
+    /// `SOFTWARE_ACCUMULATORS`, at most 8 sites.
+    fn sites_per_thread(&self, software: bool) -> usize {
+        if let Some(spt) = self.sites_per_thread {
+            return spt.clamp(1, 8);
+        }
+        match (software, self.shape()) {
+            (true, Some((hid, _))) => (SOFTWARE_ACCUMULATORS / hid).clamp(1, 8),
+            _ => 1,
+        }
+    }
+
+    /// Threads per workgroup: enough that SPT sites each cover the lattice, a power of two
+    /// (the log J tree sum), at most 64.
+    fn workgroup_size(&self, software: bool) -> usize {
+        self.volume
+            .div_ceil(self.sites_per_thread(software))
+            .next_power_of_two()
+            .clamp(8, MAX_WG)
+    }
+
+    /// Floats of workgroup memory for activations: one HID x V buffer, two when activations go
+    /// from one hidden layer to the next.
+    fn activation_floats(&self, hid: usize, nhid: usize) -> usize {
+        hid * self.volume * if nhid > 1 { 2 } else { 1 }
+    }
+
+    /// Floats of the layer's parameter slice, from its first weight to its last bias.
+    fn param_span(&self) -> usize {
+        let (first, last) = (self.convs[0], self.convs[self.convs.len() - 1]);
+        last.offset + last.cout * last.cin * self.taps + last.cout - first.offset
+    }
+
+    /// Why this layer cannot run as one dispatch on `gpu`, or `None` when it can.
+    pub fn unfusable(&self, gpu: &Gpu) -> Option<String> {
+        let Some((hid, nhid)) = self.shape() else {
+            return Some("the net's hidden widths differ (or there are none)".into());
+        };
+        let lim = &gpu.limits;
+        let wg_bytes =
+            4 * (self.activation_floats(hid, nhid) + self.workgroup_size(gpu.is_software()));
+        if wg_bytes > lim.max_compute_workgroup_storage_size as usize {
+            return Some(format!(
+                "one sample's activations need {wg_bytes} bytes of workgroup memory, over the adapter's {}",
+                lim.max_compute_workgroup_storage_size
+            ));
+        }
+        let w_bytes = self.param_span().div_ceil(4) * 16;
+        if w_bytes as u64 > lim.max_uniform_buffer_binding_size {
+            return Some(format!(
+                "the layer's {w_bytes} bytes of parameters exceed the adapter's uniform binding size {}",
+                lim.max_uniform_buffer_binding_size
+            ));
+        }
+        if !(self.convs[0].offset * 4)
+            .is_multiple_of(lim.min_uniform_buffer_offset_alignment as usize)
+        {
+            return Some("the layer's parameters are not aligned for a uniform binding".into());
+        }
+        None
+    }
+}
+
+/// The layer's input `x`, output `y`, running log q per sample, and (training) the activation
+/// buffer laid out by `activation_offsets`.
+pub struct CouplingLayerBuffers<'a> {
+    pub lattice: &'a LatticeBuffers,
+    /// The flat parameter buffer (with UNIFORM usage: `Gpu::upload_params`).
+    pub params: &'a GpuBuffer,
+    pub x: &'a GpuBuffer,
+    pub y: &'a GpuBuffer,
+    pub logq: &'a GpuBuffer,
+    /// Training: where every convolution's output goes; inference: any storage buffer.
+    pub h: &'a GpuBuffer,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    parity: u32,
+    h_stride: u32,
+    st_off: u32,
+}
+
+pub struct CouplingLayer {
+    pub spec: CouplingLayerSpec,
+    pub forward: Dispatch,
+}
+
+impl CouplingLayer {
+    pub fn new(gpu: &Gpu, spec: CouplingLayerSpec, b: &CouplingLayerBuffers) -> Result<Self> {
+        if let Some(why) = spec.unfusable(gpu) {
+            bail!("coupling layer cannot run as one dispatch: {why}");
+        }
+        let (hid, nhid) = spec.shape().unwrap();
+        let (bt, v) = (spec.batch, spec.volume);
+        if spec.taps != b.lattice.taps() || v != b.lattice.lattice.volume() {
+            bail!("coupling layer {spec:?} does not match the lattice tables");
+        }
+        let channels: Vec<usize> = std::iter::once(1)
+            .chain(spec.convs.iter().map(|c| c.cout))
+            .collect();
+        let (h_off, h_len) = activation_offsets(bt, v, &channels);
+        let need = |buf: &GpuBuffer, n: usize| -> Result<()> {
+            if buf.len() < n {
+                bail!("buffer {} has {} elements, needs {n}", buf.label, buf.len());
+            }
+            Ok(())
+        };
+        need(b.x, bt * v)?;
+        need(b.y, bt * v)?;
+        need(b.logq, bt)?;
+        if spec.train {
+            need(b.h, h_len)?;
+        }
+        if !b.params.usage.contains(crate::gpu::Usage::UNIFORM) {
+            bail!("buffer {} cannot be bound as a uniform", b.params.label);
+        }
+        let first = spec.convs[0].offset;
+        let w_bytes = spec.param_span().div_ceil(4) * 16;
+        need(b.params, first + w_bytes / 4)?;
+        let wu = b.params.range((first * 4) as u64, w_bytes as u64);
+        let rel = |j: usize| (spec.convs[j].offset - first) as u32;
+        let software = gpu.is_software();
+        let wg = spec.workgroup_size(software);
+        let kernel = KernelSpec::new(Shader::CouplingLayer, "forward")
+            .with("V", v as u32)
+            .with("TAPS", spec.taps as u32)
+            .with("HID", hid as u32)
+            .with("NHID", nhid as u32)
+            .with("ACT_OUT", spec.convs[nhid].act.code())
+            .with("WG", wg as u32)
+            .with("SPT", spec.sites_per_thread(software) as u32)
+            .with("TRAIN", spec.train as u32)
+            .with("WLEN", (w_bytes / 16) as u32)
+            .with("W_MID", if nhid > 1 { rel(1) } else { 0 })
+            .with("W_MID_STRIDE", if nhid > 2 { rel(2) - rel(1) } else { 0 })
+            .with("W_OUT", rel(nhid))
+            .with("HLEN", spec.activation_floats(hid, nhid) as u32)
+            .bind(0, Bind::Uniform)
+            .bind(1, Bind::Read)
+            .bind(2, Bind::Read)
+            .bind(3, Bind::Read)
+            .bind(4, Bind::ReadWrite)
+            .bind(5, Bind::ReadWrite)
+            .bind(6, Bind::ReadWrite)
+            .bind(7, Bind::Uniform);
+        let u = Params {
+            batch: bt as u32,
+            parity: spec.parity,
+            h_stride: if nhid > 1 { h_off[1] as u32 } else { 0 },
+            st_off: h_off[nhid] as u32,
+        };
+        // Work: the convolutions' multiply-adds, bias and activation per output, the coupling;
+        // memory: x read, y written, the weights, and in training every activation written.
+        let bv = (bt * v) as f64;
+        let macs: usize = spec.convs.iter().map(|c| c.cin * c.cout * spec.taps).sum();
+        let outs: usize = spec.convs.iter().map(|c| c.cout).sum();
+        let flops = bv * (2.0 * macs as f64 + outs as f64 + 3.0);
+        let bytes = 4.0 * (2.0 * bv + spec.param_span() as f64)
+            + if spec.train {
+                4.0 * bv * outs as f64
+            } else {
+                0.0
+            };
+        let forward = gpu
+            .dispatch(
+                &kernel,
+                Some(bytemuck::bytes_of(&u)),
+                &[
+                    &b.lattice.nbr,
+                    &b.lattice.parity,
+                    b.x,
+                    b.y,
+                    b.logq,
+                    b.h,
+                    &wu,
+                ],
+                [bt as u32, 1, 1],
+            )?
+            .with_work(flops, bytes);
+        Ok(CouplingLayer { spec, forward })
+    }
+}

@@ -1,0 +1,223 @@
+//! A whole coupling layer in one dispatch (src/kernels/coupling_layer.rs,
+//! shaders/coupling_layer.wgsl) against the f64 reference model (`flow::reference::forward`,
+//! built from the convolution and coupling references): y, log q and, in training, every
+//! convolution's output, for two consecutive layers (both checkerboard parities), Nd = 1..4,
+//! one to three hidden layers, both final activations, the GPU and the CPU-adapter tilings.
+//! Then whole inference tapes with and without the fusion against each other.
+//! Tolerance: f32 through three convolutions of up to 8 x 81 terms and a V-term log J: 1e-5.
+
+mod common;
+use common::*;
+use gomaflow_wgpu::config::PriorKind;
+use gomaflow_wgpu::flow::{FlowSpec, reference};
+use gomaflow_wgpu::kernels::LatticeBuffers;
+use gomaflow_wgpu::kernels::coupling_layer::{
+    CouplingLayer, CouplingLayerBuffers, CouplingLayerSpec, activation_offsets,
+};
+use gomaflow_wgpu::kernels::prior::stream;
+use gomaflow_wgpu::lattice::Lattice;
+use gomaflow_wgpu::tape::{Fusion, Mode, Tape, TapeSpec};
+
+fn flow(nd: usize, l: usize, hidden: Vec<usize>, k: usize, tanh: bool) -> FlowSpec {
+    FlowSpec {
+        lattice: Lattice::new(nd, l),
+        n_layers: 2,
+        hidden,
+        kernel_size: k,
+        final_tanh: tanh,
+    }
+}
+
+fn run(f: &FlowSpec, batch: usize, train: bool, seed: u64) {
+    // The adapter's tiling, then one site per thread (what GPUs use).
+    run_tiled(f, batch, train, seed, None);
+    run_tiled(f, batch, train, seed, Some(1));
+}
+
+fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, spt: Option<usize>) {
+    let g = gpu();
+    let v = f.lattice.volume();
+    let label = format!(
+        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} train={train} sites/thread {spt:?}",
+        f.lattice.nd, f.lattice.l, f.hidden, f.kernel_size, f.final_tanh
+    );
+    let mut r = rng(seed);
+    // Weights wider than PyTorch's initialisation, so the activations are not all small.
+    let mut p: Vec<f64> = f
+        .init_params(seed)
+        .iter()
+        .map(|&w| 2.0 * w as f64)
+        .collect();
+    p = rounded(&p);
+    let x = rounded(&uniform(&mut r, batch * v, -2.0, 2.0));
+    let logq0 = rounded(&uniform(&mut r, batch, -10.0, 10.0));
+    let want = reference::forward(f, &p, &x, &logq0);
+
+    let lb = LatticeBuffers::new(g, f.lattice, f.kernel_size).unwrap();
+    let params = g.upload_params(&f32s(&p)).unwrap();
+    let xs = [
+        upload("x0", &x),
+        g.storage("x1", batch * v).unwrap(),
+        g.storage("x2", batch * v).unwrap(),
+    ];
+    let logq = upload("logq", &logq0);
+    let channels = f.channels();
+    let (offsets, h_len) = activation_offsets(batch, v, &channels);
+    let h: Vec<_> = (0..2)
+        .map(|l| g.storage(&format!("h{l}"), h_len).unwrap())
+        .collect();
+    let layers: Vec<CouplingLayer> = (0..2)
+        .map(|l| {
+            let spec = CouplingLayerSpec {
+                batch,
+                volume: v,
+                taps: f.taps(),
+                convs: f.convs(l),
+                parity: f.parity(l),
+                train,
+                sites_per_thread: spt,
+            };
+            assert_eq!(spec.unfusable(g), None, "{label}");
+            CouplingLayer::new(
+                g,
+                spec,
+                &CouplingLayerBuffers {
+                    lattice: &lb,
+                    params: &params,
+                    x: &xs[l],
+                    y: &xs[l + 1],
+                    logq: &logq,
+                    h: &h[l],
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    g.run(&[&layers[0].forward, &layers[1].forward]).unwrap();
+
+    for l in 0..2 {
+        check(
+            &format!("{label} layer {l} y"),
+            &read(&xs[l + 1]),
+            &want.x[l + 1],
+            1e-5,
+        );
+        if train {
+            let got = read(&h[l]);
+            for (j, want_h) in want.h[l].iter().enumerate() {
+                let seg = &got[offsets[j]..offsets[j] + want_h.len()];
+                check(
+                    &format!("{label} layer {l} conv {j} output"),
+                    seg,
+                    want_h,
+                    1e-5,
+                );
+            }
+        }
+    }
+    check(&format!("{label} log q"), &read(&logq), &want.logq, 1e-5);
+}
+
+#[test]
+fn coupling_layer_2d() {
+    // The tutorial's net on an 8 x 8 lattice, training and inference.
+    run(&flow(2, 8, vec![8, 8], 3, true), 5, true, 1);
+    run(&flow(2, 8, vec![8, 8], 3, true), 3, false, 2);
+    // One hidden layer (no HID -> HID stage), no final tanh, a 5 x 5 kernel.
+    run(&flow(2, 6, vec![4], 5, false), 4, true, 3);
+    // Three hidden layers: both halves of the workgroup buffer in turn; a lattice that is
+    // not a multiple of the workgroup.
+    run(&flow(2, 5, vec![3, 3, 3], 3, true), 3, true, 4);
+}
+
+#[test]
+fn coupling_layer_other_dimensions() {
+    run(&flow(1, 12, vec![4, 4], 3, true), 4, true, 5);
+    run(&flow(3, 4, vec![4, 4], 3, true), 3, true, 6);
+    run(&flow(4, 3, vec![2, 2], 3, true), 2, true, 7);
+}
+
+/// Where the net's hidden widths differ, the layer is not fused, and says why.
+#[test]
+fn unequal_hidden_widths_are_not_fused() {
+    let f = flow(2, 4, vec![4, 3], 3, true);
+    let spec = CouplingLayerSpec {
+        batch: 2,
+        volume: 16,
+        taps: 9,
+        convs: f.convs(0),
+        parity: 0,
+        train: false,
+        sites_per_thread: None,
+    };
+    let why = spec.unfusable(gpu()).expect("[4, 3] must not fuse");
+    assert!(why.contains("hidden widths"), "{why}");
+    // A lattice whose activations overflow workgroup memory: 2D L 32 with [8, 8].
+    let f = flow(2, 32, vec![8, 8], 3, true);
+    let spec = CouplingLayerSpec {
+        volume: 1024,
+        convs: f.convs(0),
+        ..spec
+    };
+    let why = spec.unfusable(gpu()).expect("L 32 must not fuse");
+    assert!(why.contains("workgroup memory"), "{why}");
+}
+
+/// Inference and training tapes, fused and not, draw the same phi and log q (the fused layer
+/// sums log J in another order, so log q agrees to rounding; phi bit for bit).
+#[test]
+fn fused_and_unfused_tapes_agree() {
+    let g = gpu();
+    let f = FlowSpec {
+        n_layers: 4,
+        ..flow(2, 8, vec![8, 8], 3, true)
+    };
+    let params = g.upload_params(&f.init_params(11)).unwrap();
+    let mut out = vec![];
+    for mode in [Mode::Infer, Mode::Train] {
+        for fusion in [Fusion::On, Fusion::Off] {
+            let spec = TapeSpec {
+                flow: f.clone(),
+                batch: 6,
+                mode,
+                prior: PriorKind::Normal {
+                    mu: 0.0,
+                    sigma: 1.0,
+                },
+                seed: 99,
+                stream: stream::TRAIN,
+                m2: -4.0,
+                lam: 8.0,
+                lr: 0.0,
+                batch_key: "training.batchsize",
+                fusion,
+            };
+            let counter = g.upload("counter", &[0u32; 4]).unwrap();
+            let tape = Tape::new(g, spec, &params, &counter).unwrap();
+            let n_fused = tape
+                .ops
+                .iter()
+                .filter(|op| op.name() == "coupling layer")
+                .count();
+            assert_eq!(n_fused, if fusion == Fusion::On { 4 } else { 0 });
+            tape.submit_step(g);
+            out.push((
+                format!("{mode:?} {fusion:?}"),
+                read(tape.phi()),
+                read(&tape.logq),
+                read(&tape.metrics)[0],
+            ));
+        }
+    }
+    let (l0, phi0, lq0, loss0) = &out[0];
+    for (l, phi, lq, loss) in &out[1..] {
+        assert_eq!(phi, phi0, "{l} vs {l0}: phi");
+        check(&format!("tape {l} vs {l0}: log q"), lq, lq0, 1e-6);
+        check(
+            &format!("tape {l} vs {l0}: loss"),
+            &[*loss],
+            &[*loss0],
+            1e-6,
+        );
+    }
+}
