@@ -24,6 +24,10 @@ const WG: u32 = 64u;
 // weight load feeds SPT multiply-adds (1 on GPUs, where a uniform load is broadcast for free;
 // more on CPU adapters, where it is not: as NB in conv.wgsl).
 const SPT: u32 = 1u;
+// Backward: taps per weight-gradient thread (a divisor of TAPS: 1, or a row of the window on
+// CPU adapters, where each gathered input then feeds TPT * channels multiply-adds).
+const TPT: u32 = 1u;
+const ROWS: u32 = TAPS / TPT;
 // 1: write each convolution's output to `h` for the backward.
 const TRAIN: u32 = 0u;
 // vec4s of the layer's parameter slice, and where (in floats) its convolutions start in it.
@@ -34,6 +38,10 @@ const W_OUT: u32 = 768u;
 // Floats of workgroup memory for activations: HID * V, twice when there are HID -> HID layers.
 const HLEN: u32 = 1024u;
 
+// Backward: floats of the layer's parameter slice from its first weight to its last bias
+// (padding between convolutions included: its gradient stays 0).
+const WSPAN: u32 = 914u;
+
 struct Params {
     batch: u32,
     // Checkerboard parity: mask(site) = parity_tbl[site] ^ parity, 1 = frozen.
@@ -42,6 +50,11 @@ struct Params {
     // [batch, 2, V] (s and t after the final activation) at st_off.
     h_stride: u32,
     st_off: u32,
+    // Backward: samples per workgroup, workgroups, and the layer's offset in `grads`.
+    chunk: u32,
+    n_chunks: u32,
+    w_first: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,6 +65,13 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> logq: array<f32>;
 @group(0) @binding(6) var<storage, read_write> h: array<f32>;
 @group(0) @binding(7) var<uniform> wu: array<vec4<f32>, WLEN>;
+// Backward: dL/dy and dL/dlog q (in), dL/dx (out), per-workgroup weight-gradient sums, and
+// the flat parameter gradient.
+@group(0) @binding(8) var<storage, read> gy: array<f32>;
+@group(0) @binding(9) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(10) var<storage, read> glogq: array<f32>;
+@group(0) @binding(11) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(12) var<storage, read_write> grads: array<f32>;
 
 // The sample's activations: hidden outputs alternate between [0, HID V) and [HID V, 2 HID V).
 var<workgroup> act: array<f32, HLEN>;
@@ -214,4 +234,294 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     if lid == 0u {
         logq[b] -= total;
     }
+}
+
+// ---- Backward ----
+// One workgroup per chunk of samples, one sample at a time. Per sample, from the output back:
+// the coupling's gradients (direct dL/dx into gxd, the last convolution's pre-activation
+// gradient into g2), then each convolution's weight gradient (summed over sites, added into
+// wacc) and input gradient (times the derivative of the activation below, into the other half
+// of `act`), down to the first convolution, whose input gradient completes dL/dx. The
+// activations come from `h`, where the forward left them. After the last sample, wacc (the
+// layer's parameter slice) goes to `partial`; `reduce` adds the chunks in a fixed order.
+var<workgroup> g2: array<f32, 2 * V>;
+var<workgroup> gxd: array<f32, V>;
+var<workgroup> wacc: array<f32, WSPAN>;
+
+@compute @workgroup_size(WG)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // Weight-gradient threads take pairs (input channel, row of TPT taps) k = lid, lid + WG,
+    // ...; the first pair's (ci, row), by division by a constant, once.
+    let ci0 = lid / ROWS;
+    let r0 = lid - ci0 * ROWS;
+    for (var i = lid; i < WSPAN; i += WG) {
+        wacc[i] = 0.0;
+    }
+    let b0 = wid.x * p.chunk;
+    let b1 = min(b0 + p.chunk, p.batch);
+    for (var b = b0; b < b1; b++) {
+        let xrow = b * V;
+        let gl = glogq[b];
+        // The coupling: dx = dy (frozen) or dy exp(s); ds = (dy x exp(s) - dL/dlog q) act'(s),
+        // dt = dy act'(t) on the updated sites, 0 on the frozen ones.
+        for (var s = lid; s < V; s += WG) {
+            let dy = gy[xrow + s];
+            if (parity_tbl[s] ^ p.parity) == 1u {
+                gxd[s] = dy;
+                g2[s] = 0.0;
+                g2[V + s] = 0.0;
+            } else {
+                let sv = h[p.st_off + 2u * xrow + s];
+                let tv = h[p.st_off + 2u * xrow + V + s];
+                let e = exp(sv);
+                gxd[s] = dy * e;
+                g2[s] = (dy * x[xrow + s] * e - gl) * activate_grad(sv, ACT_OUT);
+                g2[V + s] = dy * activate_grad(tv, ACT_OUT);
+            }
+        }
+        workgroupBarrier();
+
+        // The last convolution, HID -> 2. Its input is hidden output NHID - 1.
+        {
+            let hin = (NHID - 1u) * p.h_stride + b * HID * V;
+            let gdst = ((NHID - 1u) & 1u) * (HID * V);
+            var ci = ci0;
+            var r = r0;
+            for (var k = lid; k < HID * ROWS; k += WG) {
+                var acc: array<f32, 2 * TPT>;
+                for (var i = 0u; i < 2u * TPT; i++) {
+                    acc[i] = 0.0;
+                }
+                let row = hin + ci * V;
+                let t0 = r * TPT;
+                for (var s = 0u; s < V; s++) {
+                    let gs = g2[s];
+                    let gt = g2[V + s];
+                    for (var j = 0u; j < TPT; j++) {
+                        let v = h[row + nbr[s * TAPS + t0 + j]];
+                        acc[j] = fma(gs, v, acc[j]);
+                        acc[TPT + j] = fma(gt, v, acc[TPT + j]);
+                    }
+                }
+                for (var j = 0u; j < TPT; j++) {
+                    wacc[W_OUT + ci * TAPS + t0 + j] += acc[j];
+                    wacc[W_OUT + (HID + ci) * TAPS + t0 + j] += acc[TPT + j];
+                }
+                r += WG;
+                while r >= ROWS {
+                    r -= ROWS;
+                    ci += 1u;
+                }
+            }
+            for (var co = lid; co < 2u; co += WG) {
+                var sb = 0.0;
+                for (var s = 0u; s < V; s++) {
+                    sb += g2[co * V + s];
+                }
+                wacc[W_OUT + 2u * HID * TAPS + co] += sb;
+            }
+            // dL/d(pre-activation of hidden output NHID - 1).
+            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+                let st = sites(s0);
+                var acc: array<f32, SPT * HID>;
+                for (var i = 0u; i < SPT * HID; i++) {
+                    acc[i] = 0.0;
+                }
+                for (var t = 0u; t < TAPS; t++) {
+                    for (var co = 0u; co < 2u; co++) {
+                        var g: array<f32, SPT>;
+                        for (var k = 0u; k < SPT; k++) {
+                            g[k] = g2[co * V + nbr[st[k] * TAPS + TAPS - 1u - t]];
+                        }
+                        let w = W_OUT + co * (HID * TAPS) + t;
+                        for (var ci = 0u; ci < HID; ci++) {
+                            let wv = weight(w + ci * TAPS);
+                            for (var k = 0u; k < SPT; k++) {
+                                acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
+                            }
+                        }
+                    }
+                }
+                for (var k = 0u; k < SPT; k++) {
+                    let s = s0 + k * WG;
+                    if s < V {
+                        for (var ci = 0u; ci < HID; ci++) {
+                            let a = h[hin + ci * V + s];
+                            act[gdst + ci * V + s] = acc[k * HID + ci] * activate_grad(a, ACT_LEAKY);
+                        }
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+
+        // Hidden convolutions HID -> HID, last first: convolution m + 1 maps hidden output m
+        // to m + 1; its output gradient is in half (m + 1) & 1 of `act`, its input gradient
+        // goes to half m & 1.
+        for (var mm = 0u; mm + 1u < NHID; mm++) {
+            let m = NHID - 2u - mm;
+            let hin = m * p.h_stride + b * HID * V;
+            let gsrc = ((m + 1u) & 1u) * (HID * V);
+            let gdst = HID * V - gsrc;
+            let wo = W_MID + m * W_MID_STRIDE;
+            var ci = ci0;
+            var r = r0;
+            for (var k = lid; k < HID * ROWS; k += WG) {
+                var acc: array<f32, TPT * HID>;
+                for (var i = 0u; i < TPT * HID; i++) {
+                    acc[i] = 0.0;
+                }
+                let row = hin + ci * V;
+                let t0 = r * TPT;
+                for (var s = 0u; s < V; s++) {
+                    var v: array<f32, TPT>;
+                    for (var j = 0u; j < TPT; j++) {
+                        v[j] = h[row + nbr[s * TAPS + t0 + j]];
+                    }
+                    for (var co = 0u; co < HID; co++) {
+                        let g = act[gsrc + co * V + s];
+                        for (var j = 0u; j < TPT; j++) {
+                            acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                        }
+                    }
+                }
+                for (var co = 0u; co < HID; co++) {
+                    for (var j = 0u; j < TPT; j++) {
+                        wacc[wo + (co * HID + ci) * TAPS + t0 + j] += acc[co * TPT + j];
+                    }
+                }
+                r += WG;
+                while r >= ROWS {
+                    r -= ROWS;
+                    ci += 1u;
+                }
+            }
+            for (var co = lid; co < HID; co += WG) {
+                var sb = 0.0;
+                for (var s = 0u; s < V; s++) {
+                    sb += act[gsrc + co * V + s];
+                }
+                wacc[wo + HID * HID * TAPS + co] += sb;
+            }
+            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+                let st = sites(s0);
+                var acc: array<f32, SPT * HID>;
+                for (var i = 0u; i < SPT * HID; i++) {
+                    acc[i] = 0.0;
+                }
+                for (var t = 0u; t < TAPS; t++) {
+                    var n: array<u32, SPT>;
+                    for (var k = 0u; k < SPT; k++) {
+                        n[k] = gsrc + nbr[st[k] * TAPS + TAPS - 1u - t];
+                    }
+                    for (var co = 0u; co < HID; co++) {
+                        var g: array<f32, SPT>;
+                        for (var k = 0u; k < SPT; k++) {
+                            g[k] = act[n[k] + co * V];
+                        }
+                        let w = wo + co * (HID * TAPS) + t;
+                        for (var ci = 0u; ci < HID; ci++) {
+                            let wv = weight(w + ci * TAPS);
+                            for (var k = 0u; k < SPT; k++) {
+                                acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
+                            }
+                        }
+                    }
+                }
+                for (var k = 0u; k < SPT; k++) {
+                    let s = s0 + k * WG;
+                    if s < V {
+                        for (var ci = 0u; ci < HID; ci++) {
+                            let a = h[hin + ci * V + s];
+                            act[gdst + ci * V + s] = acc[k * HID + ci] * activate_grad(a, ACT_LEAKY);
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+
+        // The first convolution, 1 -> HID, on mask * x; its output gradient is in half 0.
+        {
+            for (var r = lid; r < ROWS; r += WG) {
+                var acc: array<f32, TPT * HID>;
+                for (var i = 0u; i < TPT * HID; i++) {
+                    acc[i] = 0.0;
+                }
+                let t0 = r * TPT;
+                for (var s = 0u; s < V; s++) {
+                    var v: array<f32, TPT>;
+                    for (var j = 0u; j < TPT; j++) {
+                        let n = nbr[s * TAPS + t0 + j];
+                        v[j] = f32(parity_tbl[n] ^ p.parity) * x[xrow + n];
+                    }
+                    for (var co = 0u; co < HID; co++) {
+                        let g = act[co * V + s];
+                        for (var j = 0u; j < TPT; j++) {
+                            acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                        }
+                    }
+                }
+                for (var co = 0u; co < HID; co++) {
+                    for (var j = 0u; j < TPT; j++) {
+                        wacc[co * TAPS + t0 + j] += acc[co * TPT + j];
+                    }
+                }
+            }
+            for (var co = lid; co < HID; co += WG) {
+                var sb = 0.0;
+                for (var s = 0u; s < V; s++) {
+                    sb += act[co * V + s];
+                }
+                wacc[HID * TAPS + co] += sb;
+            }
+            // dL/dx = the coupling's direct path + mask * the net's path.
+            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+                let st = sites(s0);
+                var acc: array<f32, SPT>;
+                for (var k = 0u; k < SPT; k++) {
+                    acc[k] = 0.0;
+                }
+                for (var t = 0u; t < TAPS; t++) {
+                    var n: array<u32, SPT>;
+                    for (var k = 0u; k < SPT; k++) {
+                        n[k] = nbr[st[k] * TAPS + TAPS - 1u - t];
+                    }
+                    for (var co = 0u; co < HID; co++) {
+                        let wv = weight(co * TAPS + t);
+                        for (var k = 0u; k < SPT; k++) {
+                            acc[k] = fma(wv, act[co * V + n[k]], acc[k]);
+                        }
+                    }
+                }
+                for (var k = 0u; k < SPT; k++) {
+                    let s = s0 + k * WG;
+                    if s < V {
+                        gx[xrow + s] = gxd[s] + f32(parity_tbl[s] ^ p.parity) * acc[k];
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    let base = wid.x * WSPAN;
+    for (var i = lid; i < WSPAN; i += WG) {
+        partial[base + i] = wacc[i];
+    }
+}
+
+// The layer's gradient: the workgroups' sums added in a fixed order (deterministic).
+@compute @workgroup_size(WG)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if i >= WSPAN {
+        return;
+    }
+    var acc = 0.0;
+    var j = i;
+    for (var c = 0u; c < p.n_chunks; c++) {
+        acc += partial[j];
+        j += WSPAN;
+    }
+    grads[p.w_first + i] = acc;
 }

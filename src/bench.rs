@@ -44,6 +44,8 @@ pub struct BenchReport {
     /// Seconds per step when steps are queued back to back as training does.
     pub train_step_pipelined_s: f64,
     pub dispatches_per_step: usize,
+    /// Whether the coupling layers ran as whole-layer dispatches (`--fusion`).
+    pub fused_layers: bool,
     /// Useful GFLOP of the convolutions of one step (forward and both backwards).
     pub step_gflop: f64,
     pub sample_per_s: f64,
@@ -146,14 +148,18 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     let kernels_sum_s = times.iter().sum();
 
     // Proposals per second at the sampling batch.
-    let proposer = Proposer::new(
+    let proposer = Proposer::from_spec(
         gpu,
-        cfg,
+        TapeSpec {
+            batch: o.sample_batch,
+            seed: t.seed,
+            stream: stream::SAMPLE,
+            lr: 0.0,
+            batch_key: "--batch",
+            fusion: o.fusion,
+            ..TapeSpec::training(cfg)
+        },
         &params,
-        o.sample_batch,
-        t.seed,
-        stream::SAMPLE,
-        "--batch",
     )?;
     // Warm-up batch; where one batch already takes long (large lattices on a CPU adapter),
     // it is the measurement, and otherwise as many batches as fit in about 10 s are timed.
@@ -184,6 +190,7 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         train_step_s: median(step_times),
         train_step_pipelined_s: pipelined,
         dispatches_per_step: dispatches.len(),
+        fused_layers: tape.ops.iter().any(|op| op.name() == "coupling layer"),
         step_gflop: 3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9,
         sample_per_s,
         sample_batch: o.sample_batch,
@@ -200,8 +207,18 @@ pub fn print(r: &BenchReport) {
         r.adapter, r.backend, r.device_type, r.timestamps
     );
     println!(
-        "config {}: Nd = {}, L = {}, batch {}, {} parameters, {} dispatches per step",
-        r.config, r.nd, r.l, r.batch, r.parameters, r.dispatches_per_step
+        "config {}: Nd = {}, L = {}, batch {}, {} parameters, {} dispatches per step ({})",
+        r.config,
+        r.nd,
+        r.l,
+        r.batch,
+        r.parameters,
+        r.dispatches_per_step,
+        if r.fused_layers {
+            "whole coupling layers"
+        } else {
+            "one per kernel"
+        }
     );
     println!(
         "training step {:.3} ms (alone), {:.3} ms (pipelined); {:.3} GFLOP -> {:.2} GFLOP/s",

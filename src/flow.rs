@@ -227,7 +227,6 @@ pub mod reference {
         lam: f64,
     ) -> (f64, Vec<f64>) {
         let batch = logr.len();
-        let v = spec.lattice.volume();
         let f = forward(spec, params, z, logr);
         let phi = &f.x[spec.n_layers];
         let s = action::action(&spec.lattice, phi, m2, lam);
@@ -241,47 +240,64 @@ pub mod reference {
             .collect();
         let glogq = vec![scale; batch];
         for l in (0..spec.n_layers).rev() {
-            let mask = spec.lattice.mask(spec.parity(l));
-            let convs = spec.convs(l);
-            let st = f.h[l].last().unwrap();
-            let (gx_direct, mut g) =
-                coupling::backward(&f.x[l], st, &mask, &gx, &glogq, spec.final_act());
-            // Back through the net, last convolution first; g is a pre-activation gradient.
-            for (j, c) in convs.iter().enumerate().rev() {
-                let n = c.cout * c.cin * spec.taps() + c.cout;
-                let input: Vec<f64> = if j == 0 {
-                    f.x[l]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &xv)| xv * mask[i % v])
-                        .collect()
-                } else {
-                    f.h[l][j - 1].clone()
-                };
-                let lay = layer(spec, batch, c.cin, c.cout);
-                let gw = lay.backward_weight(&input, &g);
-                for (a, b) in grad[c.offset..c.offset + n].iter_mut().zip(&gw) {
-                    *a += b;
-                }
-                let gin = lay.backward_input(&g, &params[c.offset..c.offset + n]);
-                if j > 0 {
-                    let prev = convs[j - 1].act;
-                    g = gin
-                        .iter()
-                        .zip(&input)
-                        .map(|(gv, &yv)| gv * prev.grad_from_output(yv))
-                        .collect();
-                } else {
-                    g = gin;
-                }
-            }
-            // The input reached the net through mask * x.
-            gx = gx_direct
-                .iter()
-                .enumerate()
-                .map(|(i, d)| d + mask[i % v] * g[i])
-                .collect();
+            gx = layer_backward(spec, params, &f, l, &gx, &glogq, &mut grad);
         }
         (loss, grad)
+    }
+
+    /// Back through coupling layer `l` of the forward `f`: given dL/dy (its output's gradient)
+    /// and dL/dlog q per sample, add the layer's parameter gradients into `grad` and return
+    /// dL/dx (its input's gradient).
+    pub fn layer_backward(
+        spec: &FlowSpec,
+        params: &[f64],
+        f: &Forward,
+        l: usize,
+        gy: &[f64],
+        glogq: &[f64],
+        grad: &mut [f64],
+    ) -> Vec<f64> {
+        let batch = glogq.len();
+        let v = spec.lattice.volume();
+        let mask = spec.lattice.mask(spec.parity(l));
+        let convs = spec.convs(l);
+        let st = f.h[l].last().unwrap();
+        let (gx_direct, mut g) =
+            coupling::backward(&f.x[l], st, &mask, gy, glogq, spec.final_act());
+        // Back through the net, last convolution first; g is a pre-activation gradient.
+        for (j, c) in convs.iter().enumerate().rev() {
+            let n = c.cout * c.cin * spec.taps() + c.cout;
+            let input: Vec<f64> = if j == 0 {
+                f.x[l]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &xv)| xv * mask[i % v])
+                    .collect()
+            } else {
+                f.h[l][j - 1].clone()
+            };
+            let lay = layer(spec, batch, c.cin, c.cout);
+            let gw = lay.backward_weight(&input, &g);
+            for (a, b) in grad[c.offset..c.offset + n].iter_mut().zip(&gw) {
+                *a += b;
+            }
+            let gin = lay.backward_input(&g, &params[c.offset..c.offset + n]);
+            if j > 0 {
+                let prev = convs[j - 1].act;
+                g = gin
+                    .iter()
+                    .zip(&input)
+                    .map(|(gv, &yv)| gv * prev.grad_from_output(yv))
+                    .collect();
+            } else {
+                g = gin;
+            }
+        }
+        // The input reached the net through mask * x.
+        gx_direct
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d + mask[i % v] * g[i])
+            .collect()
     }
 }

@@ -51,7 +51,6 @@ impl Proposer {
         stream: u32,
         batch_key: &'static str,
     ) -> Result<Proposer> {
-        let counter = gpu.upload("proposal counter", &[0u32; 4])?;
         let spec = TapeSpec {
             flow: FlowSpec::from_config(cfg),
             batch,
@@ -65,7 +64,21 @@ impl Proposer {
             batch_key,
             fusion: crate::tape::Fusion::Auto,
         };
-        let tape = Tape::new(gpu, spec, params, &counter)?;
+        Self::from_spec(gpu, spec, params)
+    }
+
+    /// A proposer from a whole inference tape spec (e.g. to choose its `fusion`).
+    pub fn from_spec(gpu: &Gpu, spec: TapeSpec, params: &GpuBuffer) -> Result<Proposer> {
+        let counter = gpu.upload("proposal counter", &[0u32; 4])?;
+        let tape = Tape::new(
+            gpu,
+            TapeSpec {
+                mode: Mode::Infer,
+                ..spec
+            },
+            params,
+            &counter,
+        )?;
         Ok(Proposer { tape, counter })
     }
 

@@ -3,7 +3,9 @@
 //! built from the convolution and coupling references): y, log q and, in training, every
 //! convolution's output, for two consecutive layers (both checkerboard parities), Nd = 1..4,
 //! one to three hidden layers, both final activations, the GPU and the CPU-adapter tilings.
-//! Then whole inference tapes with and without the fusion against each other.
+//! In training, the backward too: dL/dx of each layer and every weight gradient against
+//! `flow::reference::layer_backward`. Then whole tapes with and without the fusion against
+//! each other (tests/tape.rs checks whole training steps, fused and not, against the reference).
 //! Tolerance: f32 through three convolutions of up to 8 x 81 terms and a V-term log J: 1e-5.
 
 mod common;
@@ -12,7 +14,7 @@ use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::flow::{FlowSpec, reference};
 use gomaflow_wgpu::kernels::LatticeBuffers;
 use gomaflow_wgpu::kernels::coupling_layer::{
-    CouplingLayer, CouplingLayerBuffers, CouplingLayerSpec, activation_offsets,
+    CouplingLayer, CouplingLayerBuffers, CouplingLayerGrads, CouplingLayerSpec, activation_offsets,
 };
 use gomaflow_wgpu::kernels::prior::stream;
 use gomaflow_wgpu::lattice::Lattice;
@@ -29,16 +31,18 @@ fn flow(nd: usize, l: usize, hidden: Vec<usize>, k: usize, tanh: bool) -> FlowSp
 }
 
 fn run(f: &FlowSpec, batch: usize, train: bool, seed: u64) {
-    // The adapter's tiling, then one site per thread (what GPUs use).
-    run_tiled(f, batch, train, seed, None);
-    run_tiled(f, batch, train, seed, Some(1));
+    // The adapter's tiling, then a GPU's (one site and one tap per thread, a sample per
+    // backward workgroup).
+    run_tiled(f, batch, train, seed, false);
+    run_tiled(f, batch, train, seed, true);
 }
 
-fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, spt: Option<usize>) {
+/// Two layers forward (and, training, backward: layer 1 then layer 0) against the reference.
+fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: bool) {
     let g = gpu();
     let v = f.lattice.volume();
     let label = format!(
-        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} train={train} sites/thread {spt:?}",
+        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} train={train} gpu tiling {gpu_tiling}",
         f.lattice.nd, f.lattice.l, f.hidden, f.kernel_size, f.final_tanh
     );
     let mut r = rng(seed);
@@ -66,18 +70,33 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, spt: Option<usi
     let h: Vec<_> = (0..2)
         .map(|l| g.storage(&format!("h{l}"), h_len).unwrap())
         .collect();
+    // Backward: dL/dphi (the output of layer 1) and dL/dlog q given; dL/dx of each layer's
+    // input, the weight-gradient scratch and the gradient computed.
+    let gy2 = rounded(&uniform(&mut r, batch * v, -1.0, 1.0));
+    let glogq = rounded(&uniform(&mut r, batch, -1.0, 1.0));
+    let gxs = [
+        g.storage("gx0", batch * v).unwrap(),
+        g.storage("gx1", batch * v).unwrap(),
+        upload("gy2", &gy2),
+    ];
+    let bglogq = upload("glogq", &glogq);
+    let grads = g.storage("grads", f.param_len()).unwrap();
+    let spec_of = |l: usize| CouplingLayerSpec {
+        batch,
+        volume: v,
+        taps: f.taps(),
+        kernel_size: f.kernel_size,
+        convs: f.convs(l),
+        parity: f.parity(l),
+        train,
+        gpu_tiling,
+    };
+    let partial = g.storage("partial", spec_of(0).partial_len(g)).unwrap();
     let layers: Vec<CouplingLayer> = (0..2)
         .map(|l| {
-            let spec = CouplingLayerSpec {
-                batch,
-                volume: v,
-                taps: f.taps(),
-                convs: f.convs(l),
-                parity: f.parity(l),
-                train,
-                sites_per_thread: spt,
-            };
+            let spec = spec_of(l);
             assert_eq!(spec.unfusable(g), None, "{label}");
+            assert_eq!(spec.backward_unfusable(g), None, "{label}");
             CouplingLayer::new(
                 g,
                 spec,
@@ -88,12 +107,26 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, spt: Option<usi
                     y: &xs[l + 1],
                     logq: &logq,
                     h: &h[l],
+                    grad: train.then(|| CouplingLayerGrads {
+                        gy: &gxs[l + 1],
+                        gx: &gxs[l],
+                        glogq: &bglogq,
+                        partial: &partial,
+                        grads: &grads,
+                    }),
                 },
             )
             .unwrap()
         })
         .collect();
-    g.run(&[&layers[0].forward, &layers[1].forward]).unwrap();
+    if gpu_tiling {
+        let key = &layers[0].forward.label;
+        assert!(key.contains(",SPT=1,TPT=1,"), "{key}");
+    }
+    let mut dispatches = vec![&layers[0].forward, &layers[1].forward];
+    dispatches.extend(layers[1].backward.iter().chain(&layers[0].backward));
+    assert_eq!(dispatches.len(), if train { 6 } else { 2 });
+    g.run(&dispatches).unwrap();
 
     for l in 0..2 {
         check(
@@ -116,6 +149,34 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, spt: Option<usi
         }
     }
     check(&format!("{label} log q"), &read(&logq), &want.logq, 1e-5);
+    if !train {
+        return;
+    }
+    let mut grad = vec![0.0; p.len()];
+    let gx1 = reference::layer_backward(f, &p, &want, 1, &gy2, &glogq, &mut grad);
+    let gx0 = reference::layer_backward(f, &p, &want, 0, &gx1, &glogq, &mut grad);
+    check(
+        &format!("{label} layer 1 dL/dx"),
+        &read(&gxs[1]),
+        &gx1,
+        1e-5,
+    );
+    check(
+        &format!("{label} layer 0 dL/dx"),
+        &read(&gxs[0]),
+        &gx0,
+        1e-5,
+    );
+    // Relative to the gradient's scale (sums of V * batch terms).
+    let scale = grad.iter().fold(1.0f64, |a, b| a.max(b.abs()));
+    let got: Vec<f64> = read(&grads).iter().map(|x| x / scale).collect();
+    let want: Vec<f64> = grad.iter().map(|x| x / scale).collect();
+    check(
+        &format!("{label} weight gradients of both layers"),
+        &got,
+        &want,
+        1e-5,
+    );
 }
 
 #[test]
@@ -145,10 +206,11 @@ fn unequal_hidden_widths_are_not_fused() {
         batch: 2,
         volume: 16,
         taps: 9,
+        kernel_size: 3,
         convs: f.convs(0),
         parity: 0,
         train: false,
-        sites_per_thread: None,
+        gpu_tiling: false,
     };
     let why = spec.unfusable(gpu()).expect("[4, 3] must not fuse");
     assert!(why.contains("hidden widths"), "{why}");
@@ -161,6 +223,18 @@ fn unequal_hidden_widths_are_not_fused() {
     };
     let why = spec.unfusable(gpu()).expect("L 32 must not fuse");
     assert!(why.contains("workgroup memory"), "{why}");
+    // 14 x 14: the forward fits, the backward (with the weight gradients) does not.
+    let f = flow(2, 14, vec![8, 8], 3, true);
+    let spec = CouplingLayerSpec {
+        volume: 196,
+        convs: f.convs(0),
+        ..spec
+    };
+    assert_eq!(spec.unfusable(gpu()), None);
+    let why = spec
+        .backward_unfusable(gpu())
+        .expect("L 14 backward must not fuse");
+    assert!(why.contains("weight gradients"), "{why}");
 }
 
 /// Inference and training tapes, fused and not, draw the same phi and log q (the fused layer

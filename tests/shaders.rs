@@ -42,14 +42,18 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
             }
         }
         Shader::CouplingLayer => {
-            // The tutorial (2D L 8, [8, 8]), one hidden layer (no HID -> HID stage), 4D L 2,
-            // training and inference, both final activations.
+            // The tutorial (2D L 8, [8, 8]) with 1 and 4 sites per thread; one hidden layer
+            // (no HID -> HID stage) in 4D with k = 3 (81 taps); three hidden layers on 10 x 10;
+            // training and inference, both final activations. WSPAN is the layer's parameter
+            // span (the backward's workgroup memory depends on it).
             v.push(vec![
                 ("V", 64),
                 ("TAPS", 9),
                 ("HID", 8),
                 ("NHID", 2),
                 ("TRAIN", 1),
+                ("SPT", 4),
+                ("WG", 16),
             ]);
             v.push(vec![
                 ("V", 16),
@@ -59,15 +63,17 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("HLEN", 32),
                 ("WG", 16),
                 ("ACT_OUT", 0),
+                ("WSPAN", 710),
             ]);
             v.push(vec![
-                ("V", 196),
+                ("V", 100),
                 ("TAPS", 9),
                 ("HID", 8),
                 ("NHID", 3),
-                ("HLEN", 3136),
+                ("HLEN", 1600),
                 ("WG", 64),
                 ("TRAIN", 1),
+                ("WSPAN", 1554),
             ]);
         }
         Shader::Action => {

@@ -174,6 +174,36 @@ fn tape_2d() {
         2,
         false,
     );
+    // Equal hidden widths, three of them: the whole-layer kernels' hidden-to-hidden stages
+    // (both halves of their workgroup buffer), on a lattice not a multiple of a workgroup.
+    train_steps(
+        "tape 2D L=5 3 layers hidden [3, 3, 3]",
+        &flow(2, 5, 3, vec![3, 3, 3], 3, true),
+        4,
+        normal.clone(),
+        2,
+        true,
+    );
+    // 16 hidden channels on 4 x 4: more channels than threads in a whole-layer workgroup
+    // on a CPU adapter (8 threads of 2 sites).
+    train_steps(
+        "tape 2D L=4 2 layers hidden [16]",
+        &flow(2, 4, 2, vec![16], 3, true),
+        3,
+        normal.clone(),
+        2,
+        false,
+    );
+    // 14 x 14 with [8, 8]: the forward fits one dispatch, the backward (gradients and the
+    // layer's weight gradients in workgroup memory) does not and runs unfused.
+    train_steps(
+        "tape 2D L=14 2 layers hidden [8, 8]",
+        &flow(2, 14, 2, vec![8, 8], 3, true),
+        2,
+        normal.clone(),
+        1,
+        false,
+    );
     // No final tanh, no hidden layer (a single convolution 1 -> 2), kernel 5.
     train_steps(
         "tape 2D L=4 no tanh, no hidden, k=5",
@@ -195,6 +225,14 @@ fn tape_other_dimensions() {
         "tape 1D L=8",
         &flow(1, 8, 3, vec![3, 2], 3, true),
         4,
+        normal.clone(),
+        2,
+        true,
+    );
+    train_steps(
+        "tape 1D L=12 hidden [4, 4]",
+        &flow(1, 12, 2, vec![4, 4], 3, false),
+        3,
         normal.clone(),
         2,
         true,

@@ -126,6 +126,14 @@ impl KernelSpec {
         }
     }
 
+    /// The same kernel's family and constants at another entry point (builder style; the
+    /// bindings are declared afresh).
+    pub fn with_entry(mut self, entry: &'static str) -> Self {
+        self.entry = entry;
+        self.binds.clear();
+        self
+    }
+
     /// Set a specialisation constant (builder style).
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));

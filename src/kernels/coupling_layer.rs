@@ -1,13 +1,16 @@
-//! A whole coupling layer's forward in one dispatch (`shaders/coupling_layer.wgsl`): the net's
-//! convolutions, their activations, the affine coupling and its log J, one sample per
-//! workgroup with the sample's activations in workgroup memory. It computes what `conv`'s
-//! forward (three or more launches) followed by `coupling`'s forward computes; its reference is
-//! theirs (`flow::reference::forward` of one layer), and the tests compare it with both.
+//! A whole coupling layer in one dispatch each way (`shaders/coupling_layer.wgsl`). Forward:
+//! the net's convolutions, their activations, the affine coupling and its log J, one sample per
+//! workgroup with the sample's activations in workgroup memory. Backward: the coupling's and
+//! every convolution's gradients for a chunk of samples per workgroup, the gradients flowing
+//! through workgroup memory, the layer's weight gradients summed there; then one `reduce`.
+//! They compute what `conv` and `coupling` compute in 4 (forward) and 10 (backward) launches
+//! for the tutorial's net; their reference is the model's (`flow::reference`, built from those
+//! kernels' references), and the tests compare them with it.
 //!
-//! It applies where the net is [1, HID, ..., HID, 2] (equal hidden widths) and one sample's
-//! activations fit in workgroup memory (`CouplingLayerSpec::unfusable`): the tutorial's 8 x 8
-//! lattice with [8, 8] takes 4 KiB of the 16 KiB. Elsewhere the tape launches the convolutions
-//! one by one.
+//! They apply where the net is [1, HID, ..., HID, 2] (equal hidden widths) and one sample's
+//! activations (forward) or gradients and the layer's weight gradients (backward) fit in
+//! workgroup memory (`unfusable`, `backward_unfusable`): the tutorial's 8 x 8 lattice with
+//! [8, 8] takes 4 and 8.5 KiB of the 16 KiB. Elsewhere the tape launches the kernels one by one.
 
 use super::LatticeBuffers;
 use crate::flow::{ConvLayout, PARAM_ALIGN};
@@ -38,16 +41,17 @@ pub fn activation_offsets(batch: usize, volume: usize, channels: &[usize]) -> (V
 pub struct CouplingLayerSpec {
     pub batch: usize,
     pub volume: usize,
-    /// k^Nd.
+    /// k^Nd, and k.
     pub taps: usize,
+    pub kernel_size: usize,
     /// The layer's convolutions in order, with their parameter offsets (`FlowSpec::convs`).
     pub convs: Vec<ConvLayout>,
     /// Checkerboard parity: mask(site) = parity_table[site] ^ parity, 1 = frozen.
     pub parity: u32,
     /// Also write every convolution's output (for the backward).
     pub train: bool,
-    /// Sites per thread; `None` takes the adapter's (`sites_per_thread`).
-    pub sites_per_thread: Option<usize>,
+    /// Tile as on a GPU even on a CPU adapter (the tests check that tiling on lavapipe).
+    pub gpu_tiling: bool,
 }
 
 impl CouplingLayerSpec {
@@ -68,13 +72,16 @@ impl CouplingLayerSpec {
     /// Sites per thread (SPT in the shader): 1 on GPUs; on CPU adapters SPT * HID =
     /// `SOFTWARE_ACCUMULATORS`, at most 8 sites.
     fn sites_per_thread(&self, software: bool) -> usize {
-        if let Some(spt) = self.sites_per_thread {
-            return spt.clamp(1, 8);
-        }
         match (software, self.shape()) {
             (true, Some((hid, _))) => (SOFTWARE_ACCUMULATORS / hid).clamp(1, 8),
             _ => 1,
         }
+    }
+
+    /// Taps per weight-gradient thread of the backward (TPT in the shader): one on GPUs (more
+    /// threads); a row of the window on CPU adapters, as conv's backward_weight there.
+    fn taps_per_thread(&self, software: bool) -> usize {
+        if software { self.kernel_size } else { 1 }
     }
 
     /// Threads per workgroup: enough that SPT sites each cover the lattice, a power of two
@@ -98,6 +105,49 @@ impl CouplingLayerSpec {
         last.offset + last.cout * last.cin * self.taps + last.cout - first.offset
     }
 
+    /// Whether to tile for a CPU adapter.
+    fn software(&self, gpu: &Gpu) -> bool {
+        gpu.is_software() && !self.gpu_tiling
+    }
+
+    /// Workgroups of the backward: one per sample on a GPU (at most 256); one per core on a
+    /// CPU adapter, which runs one workgroup per core (as conv's weight-gradient chunks).
+    fn n_chunks(&self, software: bool) -> usize {
+        let want = if software {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            256
+        };
+        let chunk = self.batch.div_ceil(want.clamp(1, self.batch.max(1)));
+        self.batch.div_ceil(chunk)
+    }
+
+    fn chunk(&self, software: bool) -> usize {
+        self.batch.div_ceil(self.n_chunks(software))
+    }
+
+    /// Length of the backward's scratch of per-workgroup weight-gradient sums on `gpu`.
+    pub fn partial_len(&self, gpu: &Gpu) -> usize {
+        self.n_chunks(self.software(gpu)) * self.param_span()
+    }
+
+    /// Why this layer's backward cannot run as one dispatch on `gpu` (then its forward may
+    /// still), or `None` when it can.
+    pub fn backward_unfusable(&self, gpu: &Gpu) -> Option<String> {
+        if let Some(why) = self.unfusable(gpu) {
+            return Some(why);
+        }
+        let (hid, nhid) = self.shape()?;
+        let floats = self.activation_floats(hid, nhid) + 3 * self.volume + self.param_span();
+        let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
+        (4 * floats > limit).then(|| {
+            format!(
+                "one sample's gradients and the layer's weight gradients need {} bytes of workgroup memory, over the adapter's {limit}",
+                4 * floats
+            )
+        })
+    }
+
     /// Why this layer cannot run as one dispatch on `gpu`, or `None` when it can.
     pub fn unfusable(&self, gpu: &Gpu) -> Option<String> {
         let Some((hid, nhid)) = self.shape() else {
@@ -105,7 +155,7 @@ impl CouplingLayerSpec {
         };
         let lim = &gpu.limits;
         let wg_bytes =
-            4 * (self.activation_floats(hid, nhid) + self.workgroup_size(gpu.is_software()));
+            4 * (self.activation_floats(hid, nhid) + self.workgroup_size(self.software(gpu)));
         if wg_bytes > lim.max_compute_workgroup_storage_size as usize {
             return Some(format!(
                 "one sample's activations need {wg_bytes} bytes of workgroup memory, over the adapter's {}",
@@ -139,6 +189,19 @@ pub struct CouplingLayerBuffers<'a> {
     pub logq: &'a GpuBuffer,
     /// Training: where every convolution's output goes; inference: any storage buffer.
     pub h: &'a GpuBuffer,
+    /// The backward's buffers; `None` builds a forward only. A layer whose backward does not
+    /// fit one dispatch also builds none (`backward_unfusable`).
+    pub grad: Option<CouplingLayerGrads<'a>>,
+}
+
+/// dL/dy and dL/dlog q per sample (in), dL/dx (out), the weight-gradient scratch
+/// (`partial_len` floats) and the flat parameter gradient (the layer's slice written).
+pub struct CouplingLayerGrads<'a> {
+    pub gy: &'a GpuBuffer,
+    pub gx: &'a GpuBuffer,
+    pub glogq: &'a GpuBuffer,
+    pub partial: &'a GpuBuffer,
+    pub grads: &'a GpuBuffer,
 }
 
 #[repr(C)]
@@ -148,11 +211,18 @@ struct Params {
     parity: u32,
     h_stride: u32,
     st_off: u32,
+    chunk: u32,
+    n_chunks: u32,
+    w_first: u32,
+    _pad: u32,
 }
 
 pub struct CouplingLayer {
     pub spec: CouplingLayerSpec,
     pub forward: Dispatch,
+    /// The whole layer's backward, then the reduction of its weight gradients; empty for an
+    /// inference layer or where the backward does not fit (`backward_unfusable`).
+    pub backward: Vec<Dispatch>,
 }
 
 impl CouplingLayer {
@@ -189,7 +259,7 @@ impl CouplingLayer {
         need(b.params, first + w_bytes / 4)?;
         let wu = b.params.range((first * 4) as u64, w_bytes as u64);
         let rel = |j: usize| (spec.convs[j].offset - first) as u32;
-        let software = gpu.is_software();
+        let software = spec.software(gpu);
         let wg = spec.workgroup_size(software);
         let kernel = KernelSpec::new(Shader::CouplingLayer, "forward")
             .with("V", v as u32)
@@ -199,12 +269,16 @@ impl CouplingLayer {
             .with("ACT_OUT", spec.convs[nhid].act.code())
             .with("WG", wg as u32)
             .with("SPT", spec.sites_per_thread(software) as u32)
+            .with("TPT", spec.taps_per_thread(software) as u32)
             .with("TRAIN", spec.train as u32)
             .with("WLEN", (w_bytes / 16) as u32)
             .with("W_MID", if nhid > 1 { rel(1) } else { 0 })
             .with("W_MID_STRIDE", if nhid > 2 { rel(2) - rel(1) } else { 0 })
             .with("W_OUT", rel(nhid))
             .with("HLEN", spec.activation_floats(hid, nhid) as u32)
+            .with("WSPAN", spec.param_span() as u32);
+        let forward_kernel = kernel
+            .clone()
             .bind(0, Bind::Uniform)
             .bind(1, Bind::Read)
             .bind(2, Bind::Read)
@@ -218,6 +292,10 @@ impl CouplingLayer {
             parity: spec.parity,
             h_stride: if nhid > 1 { h_off[1] as u32 } else { 0 },
             st_off: h_off[nhid] as u32,
+            chunk: spec.chunk(software) as u32,
+            n_chunks: spec.n_chunks(software) as u32,
+            w_first: first as u32,
+            _pad: 0,
         };
         // Work: the convolutions' multiply-adds, bias and activation per output, the coupling;
         // memory: x read, y written, the weights, and in training every activation written.
@@ -233,7 +311,7 @@ impl CouplingLayer {
             };
         let forward = gpu
             .dispatch(
-                &kernel,
+                &forward_kernel,
                 Some(bytemuck::bytes_of(&u)),
                 &[
                     &b.lattice.nbr,
@@ -247,6 +325,73 @@ impl CouplingLayer {
                 [bt as u32, 1, 1],
             )?
             .with_work(flops, bytes);
-        Ok(CouplingLayer { spec, forward })
+        let mut backward = vec![];
+        if let (Some(g), None, true) = (&b.grad, spec.backward_unfusable(gpu), spec.train) {
+            need(g.gy, bt * v)?;
+            need(g.gx, bt * v)?;
+            need(g.glogq, bt)?;
+            need(g.partial, spec.partial_len(gpu))?;
+            need(g.grads, first + spec.param_span())?;
+            let bwd = kernel
+                .clone()
+                .with_entry("backward")
+                .bind(0, Bind::Uniform)
+                .bind(1, Bind::Read)
+                .bind(2, Bind::Read)
+                .bind(3, Bind::Read)
+                .bind(6, Bind::ReadWrite)
+                .bind(7, Bind::Uniform)
+                .bind(8, Bind::Read)
+                .bind(9, Bind::ReadWrite)
+                .bind(10, Bind::Read)
+                .bind(11, Bind::ReadWrite);
+            // Work: the input and weight gradients (2 x the forward's multiply-adds), the
+            // coupling's; memory: activations and dL/dy read, dL/dx and the sums written.
+            let partial_bytes = 4.0 * spec.partial_len(gpu) as f64;
+            backward.push(
+                gpu.dispatch(
+                    &bwd,
+                    Some(bytemuck::bytes_of(&u)),
+                    &[
+                        &b.lattice.nbr,
+                        &b.lattice.parity,
+                        b.x,
+                        b.h,
+                        &wu,
+                        g.gy,
+                        g.gx,
+                        g.glogq,
+                        g.partial,
+                    ],
+                    [spec.n_chunks(software) as u32, 1, 1],
+                )?
+                .with_work(
+                    bv * (4.0 * macs as f64 + outs as f64 + 8.0),
+                    4.0 * bv * (3.0 + outs as f64) + partial_bytes,
+                ),
+            );
+            let red = kernel
+                .with_entry("reduce")
+                .bind(0, Bind::Uniform)
+                .bind(11, Bind::ReadWrite)
+                .bind(12, Bind::ReadWrite);
+            backward.push(
+                gpu.dispatch(
+                    &red,
+                    Some(bytemuck::bytes_of(&u)),
+                    &[g.partial, g.grads],
+                    [crate::gpu::groups_for(spec.param_span(), wg), 1, 1],
+                )?
+                .with_work(
+                    spec.partial_len(gpu) as f64,
+                    partial_bytes + 4.0 * spec.param_span() as f64,
+                ),
+            );
+        }
+        Ok(CouplingLayer {
+            spec,
+            forward,
+            backward,
+        })
     }
 }
