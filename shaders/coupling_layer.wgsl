@@ -1,10 +1,11 @@
-// coupling_layer.wgsl: a whole affine coupling layer's forward in one dispatch, one sample per
-// workgroup: the net's convolutions [1 -> HID -> ... -> HID -> 2] with their activations, then
-// the coupling and its log J (the same arithmetic as conv.wgsl's forward and coupling.wgsl's
-// forward, in the same order). The hidden activations of the sample stay in workgroup memory
-// between convolutions, so the layer costs one launch instead of n_convs + 1, and an
-// inference tape writes nothing to memory but y and log q. A training tape (TRAIN = 1) also
-// stores every convolution's output, which the unfused backward reads.
+// coupling_layer.wgsl: a whole affine coupling layer in one dispatch each way.
+// forward: one sample per workgroup: the net's convolutions [1 -> HID -> ... -> HID -> 2] with
+// their activations, then the coupling and its log J (the same arithmetic as conv.wgsl's and
+// coupling.wgsl's forwards, in the same order). The sample's hidden activations stay in
+// workgroup memory between convolutions, so the layer costs one launch instead of n_convs + 1,
+// and an inference tape writes nothing to memory but y and log q. A training tape (TRAIN = 1)
+// also stores every convolution's output for the backward.
+// backward (below): the layer's gradients for a chunk of samples per workgroup, then `reduce`.
 //
 // Conventions as conv.wgsl: neighbours from nbr[site * TAPS + t]; weights [COUT, CIN, TAPS]
 // then bias [COUT] per convolution, read through the uniform binding `wu` (the layer's slice

@@ -88,9 +88,15 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         "work        {:.3} GFLOP per training step (forward + backward convolutions)",
         3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9
     );
+    let fused = tape.ops.iter().any(|op| op.name() == "coupling layer");
     println!(
-        "step        {} dispatches in one submit",
-        tape.step_dispatches().len()
+        "step        {} dispatches in one submit ({})",
+        tape.step_dispatches().len(),
+        if fused {
+            "each coupling layer one dispatch each way"
+        } else {
+            "one per kernel; whole-layer dispatches are used on GPUs and for small batches"
+        }
     );
     println!("buffers     training tape {}:", mib(tape.memory_bytes()));
     // Per-layer buffers grouped: "h[*][0] x16" (the first index is the layer).
