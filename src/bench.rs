@@ -65,7 +65,7 @@ pub struct BenchOptions {
     pub sample_batch: usize,
     /// At most this many batches after the warm-up one (fewer where they would pass 10 s).
     pub sample_batches: usize,
-    /// One dispatch per coupling layer's forward (`TapeSpec::fusion`).
+    /// Whole coupling layers as single dispatches (`TapeSpec::fusion`).
     pub fusion: Fusion,
 }
 

@@ -111,8 +111,8 @@ enum Command {
         /// Override training.batchsize.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65535))]
         batch: Option<u64>,
-        /// Each coupling layer's forward as one dispatch: auto (on GPUs), on (wherever it
-        /// fits), off (one launch per convolution).
+        /// Each coupling layer as one dispatch each way: auto (on GPUs; on CPU adapters for
+        /// batch x volume <= 512), on (wherever it fits), off (one launch per kernel).
         #[arg(long, value_enum, default_value_t = Fusion::Auto)]
         fusion: Fusion,
     },

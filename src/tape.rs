@@ -53,12 +53,13 @@ pub struct TapeSpec {
     pub lr: f64,
     /// The config key that sets `batch`, named when a buffer is too large.
     pub batch_key: &'static str,
-    /// Whether each coupling layer's forward runs as one dispatch.
+    /// Whether each coupling layer runs as one dispatch each way.
     pub fusion: Fusion,
 }
 
-/// Whether each coupling layer's forward runs as one dispatch (`kernels::coupling_layer`)
-/// instead of one launch per convolution and one for the coupling.
+/// Whether each coupling layer runs as one dispatch forward and one (plus a reduction)
+/// backward (`kernels::coupling_layer`) instead of one launch per convolution and one for the
+/// coupling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fusion {
     /// On GPUs (where launches are what a small step costs; not measured: no GPU was at
@@ -321,8 +322,11 @@ impl Tape {
             .min(gpu.limits.max_buffer_size);
         let fused = spec.fusion.wanted(gpu, &spec)
             && flow.n_layers > 0
+            && params.usage.contains(crate::gpu::Usage::UNIFORM)
             && layer_spec(0).unfusable(gpu).is_none()
-            && (4 * h_len) as u64 <= max_binding;
+            && (!train || (4 * h_len) as u64 <= max_binding);
+        // Whole layers both ways: no per-convolution gradient buffers are needed.
+        let whole = fused && train && layer_spec(0).backward_unfusable(gpu).is_none();
         let sets = match (train, fused) {
             (true, _) => flow.n_layers,
             (false, true) => 0,
@@ -367,19 +371,19 @@ impl Tape {
         // every layer), the net output's, the weight-gradient scratch.
         let (grads, adam_m, adam_v, gx, gh, partial) = if train {
             let np = flow.param_len();
-            let partial_len = channels
+            let per_kernel = channels
                 .windows(2)
                 .map(|w| {
                     let dims = dims_of(w[0], w[1]);
                     dims.batch.div_ceil(tiling_of(w[0], w[1]).chunk) * dims.n_params()
                 })
                 .max()
-                .unwrap_or(1)
-                .max(if fused {
-                    layer_spec(0).partial_len(gpu)
-                } else {
-                    0
-                });
+                .unwrap_or(1);
+            let partial_len = match (fused, whole) {
+                (_, true) => layer_spec(0).partial_len(gpu),
+                (true, false) => per_kernel.max(layer_spec(0).partial_len(gpu)),
+                (false, _) => per_kernel,
+            };
             (
                 Some(pl.f32("gradient".into(), np)?),
                 Some(pl.f32("Adam m".into(), np)?),
@@ -388,7 +392,7 @@ impl Tape {
                     pl.f32("dL/dx (even)".into(), b * v)?,
                     pl.f32("dL/dx (odd)".into(), b * v)?,
                 ],
-                (0..n_convs)
+                (0..if whole { 0 } else { n_convs })
                     .map(|j| pl.f32(format!("dL/dh[{j}]"), b * channels[j + 1] * v))
                     .collect::<Result<Vec<_>>>()?,
                 Some(pl.f32("weight-gradient partials".into(), partial_len)?),
@@ -443,7 +447,12 @@ impl Tape {
                         grad,
                     },
                 )?;
-                let whole = !layer.backward.is_empty();
+                // The plan above (no per-convolution gradient buffers) assumed this.
+                let has_backward = !layer.backward.is_empty();
+                anyhow::ensure!(
+                    whole == has_backward,
+                    "coupling layer {l}: its backward does not match the plan"
+                );
                 ops.push(Op::Layer(layer, vec![]));
                 if !train || whole {
                     continue;

@@ -63,7 +63,11 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("HLEN", 32),
                 ("WG", 16),
                 ("ACT_OUT", 0),
-                ("WSPAN", 710),
+                ("WLEN", 130),
+                ("W_MID", 0),
+                ("W_MID_STRIDE", 0),
+                ("W_OUT", 192),
+                ("WSPAN", 518),
             ]);
             v.push(vec![
                 ("V", 100),
@@ -73,6 +77,10 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("HLEN", 1600),
                 ("WG", 64),
                 ("TRAIN", 1),
+                ("WLEN", 389),
+                ("W_MID", 128),
+                ("W_MID_STRIDE", 640),
+                ("W_OUT", 1408),
                 ("WSPAN", 1554),
             ]);
         }

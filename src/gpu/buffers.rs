@@ -129,10 +129,10 @@ impl Gpu {
 
     /// Copy a buffer back to the host and wait for it. Not for hot loops.
     pub fn read<T: bytemuck::Pod>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
-        self.read_range(buf, buf.offset(), buf.size)
+        self.read_range(buf, 0, buf.size)
     }
 
-    /// Copy `size` bytes from `offset` of `buf` back to the host.
+    /// Copy `size` bytes from `offset` of `buf` (of the view, for a range) back to the host.
     pub fn read_range<T: bytemuck::Pod>(
         &self,
         buf: &GpuBuffer,
@@ -150,7 +150,14 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("readback"),
             });
-        enc.copy_buffer_to_buffer(&buf.buffer, offset, &staging, 0, size);
+        if offset + size > buf.size {
+            bail!(
+                "reading {size} bytes at {offset} of buffer {}, which has {}",
+                buf.label,
+                buf.size
+            );
+        }
+        enc.copy_buffer_to_buffer(&buf.buffer, buf.offset() + offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
         map_and_copy(self, &staging)
     }
