@@ -240,14 +240,101 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 // ---- Backward ----
 // One workgroup per chunk of samples, one sample at a time. Per sample, from the output back:
 // the coupling's gradients (direct dL/dx into gxd, the last convolution's pre-activation
-// gradient into g2), then each convolution's weight gradient (summed over sites, added into
-// wacc) and input gradient (times the derivative of the activation below, into the other half
-// of `act`), down to the first convolution, whose input gradient completes dL/dx. The
+// gradient into gact[HLEN..]), then each convolution's weight gradient (summed over sites, added
+// into wacc) and input gradient (times the derivative of the activation below, into the other
+// half of gact), down to the first convolution, whose input gradient completes dL/dx. The
 // activations come from `h`, where the forward left them. After the last sample, wacc (the
 // layer's parameter slice) goes to `partial`; `reduce` adds the chunks in a fixed order.
-var<workgroup> g2: array<f32, 2 * V>;
+// gact: hidden outputs' gradients in [0, HID V) and [HID V, 2 HID V) as `act` in the forward,
+// then the last convolution's output gradient (s, t) at HLEN.
+var<workgroup> gact: array<f32, HLEN + 2 * V>;
 var<workgroup> gxd: array<f32, V>;
 var<workgroup> wacc: array<f32, WSPAN>;
+
+// The backward of one convolution HID -> cout of the net (not the first), for the current
+// sample: its output's pre-activation gradient is gact[gsrc + co V + s], its input the hidden
+// output h[hin + ci V + s], its weights (and their gradients in wacc) start at wo. Adds its
+// weight and bias gradients into wacc and writes its input's pre-activation gradient
+// (dL/dinput times LeakyReLU') to gact[gdst + ci V + s]. (ci0, r0): this thread's first
+// weight-gradient pair. Called with constant cout (2 or HID), so its loops unroll as before.
+fn conv_backward(lid: u32, ci0: u32, r0: u32, cout: u32, gsrc: u32, hin: u32, gdst: u32, wo: u32) {
+    // Weight gradients: pairs (input channel, row of TPT taps), cout output channels each.
+    var ci = ci0;
+    var r = r0;
+    for (var k = lid; k < HID * ROWS; k += WG) {
+        var acc: array<f32, TPT * HID>;
+        for (var i = 0u; i < TPT * HID; i++) {
+            acc[i] = 0.0;
+        }
+        let row = hin + ci * V;
+        let t0 = r * TPT;
+        for (var s = 0u; s < V; s++) {
+            var v: array<f32, TPT>;
+            for (var j = 0u; j < TPT; j++) {
+                v[j] = h[row + nbr[s * TAPS + t0 + j]];
+            }
+            for (var co = 0u; co < cout; co++) {
+                let g = gact[gsrc + co * V + s];
+                for (var j = 0u; j < TPT; j++) {
+                    acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                }
+            }
+        }
+        for (var co = 0u; co < cout; co++) {
+            for (var j = 0u; j < TPT; j++) {
+                wacc[wo + (co * HID + ci) * TAPS + t0 + j] += acc[co * TPT + j];
+            }
+        }
+        r += WG;
+        while r >= ROWS {
+            r -= ROWS;
+            ci += 1u;
+        }
+    }
+    for (var co = lid; co < cout; co += WG) {
+        var sb = 0.0;
+        for (var s = 0u; s < V; s++) {
+            sb += gact[gsrc + co * V + s];
+        }
+        wacc[wo + cout * HID * TAPS + co] += sb;
+    }
+    // The input gradient, SPT sites per thread.
+    for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+        let st = sites(s0);
+        var acc: array<f32, SPT * HID>;
+        for (var i = 0u; i < SPT * HID; i++) {
+            acc[i] = 0.0;
+        }
+        for (var t = 0u; t < TAPS; t++) {
+            var n: array<u32, SPT>;
+            for (var k = 0u; k < SPT; k++) {
+                n[k] = gsrc + nbr[st[k] * TAPS + TAPS - 1u - t];
+            }
+            for (var co = 0u; co < cout; co++) {
+                var g: array<f32, SPT>;
+                for (var k = 0u; k < SPT; k++) {
+                    g[k] = gact[n[k] + co * V];
+                }
+                let w = wo + co * (HID * TAPS) + t;
+                for (var ci = 0u; ci < HID; ci++) {
+                    let wv = weight(w + ci * TAPS);
+                    for (var k = 0u; k < SPT; k++) {
+                        acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
+                    }
+                }
+            }
+        }
+        for (var k = 0u; k < SPT; k++) {
+            let s = s0 + k * WG;
+            if s < V {
+                for (var ci = 0u; ci < HID; ci++) {
+                    let a = h[hin + ci * V + s];
+                    gact[gdst + ci * V + s] = acc[k * HID + ci] * activate_grad(a, ACT_LEAKY);
+                }
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -269,176 +356,49 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
             let dy = gy[xrow + s];
             if (parity_tbl[s] ^ p.parity) == 1u {
                 gxd[s] = dy;
-                g2[s] = 0.0;
-                g2[V + s] = 0.0;
+                gact[HLEN + s] = 0.0;
+                gact[HLEN + V + s] = 0.0;
             } else {
                 let sv = h[p.st_off + 2u * xrow + s];
                 let tv = h[p.st_off + 2u * xrow + V + s];
                 let e = exp(sv);
                 gxd[s] = dy * e;
-                g2[s] = (dy * x[xrow + s] * e - gl) * activate_grad(sv, ACT_OUT);
-                g2[V + s] = dy * activate_grad(tv, ACT_OUT);
+                gact[HLEN + s] = (dy * x[xrow + s] * e - gl) * activate_grad(sv, ACT_OUT);
+                gact[HLEN + V + s] = dy * activate_grad(tv, ACT_OUT);
             }
         }
         workgroupBarrier();
 
-        // The last convolution, HID -> 2. Its input is hidden output NHID - 1.
-        {
-            let hin = (NHID - 1u) * p.h_stride + b * HID * V;
-            let gdst = ((NHID - 1u) & 1u) * (HID * V);
-            var ci = ci0;
-            var r = r0;
-            for (var k = lid; k < HID * ROWS; k += WG) {
-                var acc: array<f32, 2 * TPT>;
-                for (var i = 0u; i < 2u * TPT; i++) {
-                    acc[i] = 0.0;
-                }
-                let row = hin + ci * V;
-                let t0 = r * TPT;
-                for (var s = 0u; s < V; s++) {
-                    let gs = g2[s];
-                    let gt = g2[V + s];
-                    for (var j = 0u; j < TPT; j++) {
-                        let v = h[row + nbr[s * TAPS + t0 + j]];
-                        acc[j] = fma(gs, v, acc[j]);
-                        acc[TPT + j] = fma(gt, v, acc[TPT + j]);
-                    }
-                }
-                for (var j = 0u; j < TPT; j++) {
-                    wacc[W_OUT + ci * TAPS + t0 + j] += acc[j];
-                    wacc[W_OUT + (HID + ci) * TAPS + t0 + j] += acc[TPT + j];
-                }
-                r += WG;
-                while r >= ROWS {
-                    r -= ROWS;
-                    ci += 1u;
-                }
-            }
-            for (var co = lid; co < 2u; co += WG) {
-                var sb = 0.0;
-                for (var s = 0u; s < V; s++) {
-                    sb += g2[co * V + s];
-                }
-                wacc[W_OUT + 2u * HID * TAPS + co] += sb;
-            }
-            // dL/d(pre-activation of hidden output NHID - 1).
-            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
-                let st = sites(s0);
-                var acc: array<f32, SPT * HID>;
-                for (var i = 0u; i < SPT * HID; i++) {
-                    acc[i] = 0.0;
-                }
-                for (var t = 0u; t < TAPS; t++) {
-                    for (var co = 0u; co < 2u; co++) {
-                        var g: array<f32, SPT>;
-                        for (var k = 0u; k < SPT; k++) {
-                            g[k] = g2[co * V + nbr[st[k] * TAPS + TAPS - 1u - t]];
-                        }
-                        let w = W_OUT + co * (HID * TAPS) + t;
-                        for (var ci = 0u; ci < HID; ci++) {
-                            let wv = weight(w + ci * TAPS);
-                            for (var k = 0u; k < SPT; k++) {
-                                acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
-                            }
-                        }
-                    }
-                }
-                for (var k = 0u; k < SPT; k++) {
-                    let s = s0 + k * WG;
-                    if s < V {
-                        for (var ci = 0u; ci < HID; ci++) {
-                            let a = h[hin + ci * V + s];
-                            act[gdst + ci * V + s] = acc[k * HID + ci] * activate_grad(a, ACT_LEAKY);
-                        }
-                    }
-                }
-            }
-        }
+        // The last convolution, HID -> 2; its input is hidden output NHID - 1, whose gradient
+        // goes to half (NHID - 1) & 1.
+        conv_backward(
+            lid,
+            ci0,
+            r0,
+            2u,
+            HLEN,
+            (NHID - 1u) * p.h_stride + b * HID * V,
+            ((NHID - 1u) & 1u) * (HID * V),
+            W_OUT,
+        );
         workgroupBarrier();
 
         // Hidden convolutions HID -> HID, last first: convolution m + 1 maps hidden output m
-        // to m + 1; its output gradient is in half (m + 1) & 1 of `act`, its input gradient
-        // goes to half m & 1.
+        // to m + 1; its output gradient is in half (m + 1) & 1, its input gradient goes to
+        // half m & 1.
         for (var mm = 0u; mm + 1u < NHID; mm++) {
             let m = NHID - 2u - mm;
-            let hin = m * p.h_stride + b * HID * V;
             let gsrc = ((m + 1u) & 1u) * (HID * V);
-            let gdst = HID * V - gsrc;
-            let wo = W_MID + m * W_MID_STRIDE;
-            var ci = ci0;
-            var r = r0;
-            for (var k = lid; k < HID * ROWS; k += WG) {
-                var acc: array<f32, TPT * HID>;
-                for (var i = 0u; i < TPT * HID; i++) {
-                    acc[i] = 0.0;
-                }
-                let row = hin + ci * V;
-                let t0 = r * TPT;
-                for (var s = 0u; s < V; s++) {
-                    var v: array<f32, TPT>;
-                    for (var j = 0u; j < TPT; j++) {
-                        v[j] = h[row + nbr[s * TAPS + t0 + j]];
-                    }
-                    for (var co = 0u; co < HID; co++) {
-                        let g = act[gsrc + co * V + s];
-                        for (var j = 0u; j < TPT; j++) {
-                            acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
-                        }
-                    }
-                }
-                for (var co = 0u; co < HID; co++) {
-                    for (var j = 0u; j < TPT; j++) {
-                        wacc[wo + (co * HID + ci) * TAPS + t0 + j] += acc[co * TPT + j];
-                    }
-                }
-                r += WG;
-                while r >= ROWS {
-                    r -= ROWS;
-                    ci += 1u;
-                }
-            }
-            for (var co = lid; co < HID; co += WG) {
-                var sb = 0.0;
-                for (var s = 0u; s < V; s++) {
-                    sb += act[gsrc + co * V + s];
-                }
-                wacc[wo + HID * HID * TAPS + co] += sb;
-            }
-            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
-                let st = sites(s0);
-                var acc: array<f32, SPT * HID>;
-                for (var i = 0u; i < SPT * HID; i++) {
-                    acc[i] = 0.0;
-                }
-                for (var t = 0u; t < TAPS; t++) {
-                    var n: array<u32, SPT>;
-                    for (var k = 0u; k < SPT; k++) {
-                        n[k] = gsrc + nbr[st[k] * TAPS + TAPS - 1u - t];
-                    }
-                    for (var co = 0u; co < HID; co++) {
-                        var g: array<f32, SPT>;
-                        for (var k = 0u; k < SPT; k++) {
-                            g[k] = act[n[k] + co * V];
-                        }
-                        let w = wo + co * (HID * TAPS) + t;
-                        for (var ci = 0u; ci < HID; ci++) {
-                            let wv = weight(w + ci * TAPS);
-                            for (var k = 0u; k < SPT; k++) {
-                                acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
-                            }
-                        }
-                    }
-                }
-                for (var k = 0u; k < SPT; k++) {
-                    let s = s0 + k * WG;
-                    if s < V {
-                        for (var ci = 0u; ci < HID; ci++) {
-                            let a = h[hin + ci * V + s];
-                            act[gdst + ci * V + s] = acc[k * HID + ci] * activate_grad(a, ACT_LEAKY);
-                        }
-                    }
-                }
-            }
+            conv_backward(
+                lid,
+                ci0,
+                r0,
+                HID,
+                gsrc,
+                m * p.h_stride + b * HID * V,
+                HID * V - gsrc,
+                W_MID + m * W_MID_STRIDE,
+            );
             workgroupBarrier();
         }
 
@@ -457,7 +417,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                         v[j] = f32(parity_tbl[n] ^ p.parity) * x[xrow + n];
                     }
                     for (var co = 0u; co < HID; co++) {
-                        let g = act[co * V + s];
+                        let g = gact[co * V + s];
                         for (var j = 0u; j < TPT; j++) {
                             acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
                         }
@@ -472,7 +432,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
             for (var co = lid; co < HID; co += WG) {
                 var sb = 0.0;
                 for (var s = 0u; s < V; s++) {
-                    sb += act[co * V + s];
+                    sb += gact[co * V + s];
                 }
                 wacc[HID * TAPS + co] += sb;
             }
@@ -491,7 +451,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     for (var co = 0u; co < HID; co++) {
                         let wv = weight(co * TAPS + t);
                         for (var k = 0u; k < SPT; k++) {
-                            acc[k] = fma(wv, act[co * V + n[k]], acc[k]);
+                            acc[k] = fma(wv, gact[co * V + n[k]], acc[k]);
                         }
                     }
                 }

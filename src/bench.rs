@@ -190,7 +190,7 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         train_step_s: median(step_times),
         train_step_pipelined_s: pipelined,
         dispatches_per_step: dispatches.len(),
-        fused_layers: tape.ops.iter().any(|op| op.name() == "coupling layer"),
+        fused_layers: tape.fused_layers(),
         step_gflop: 3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9,
         sample_per_s,
         sample_batch: o.sample_batch,

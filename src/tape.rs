@@ -604,6 +604,11 @@ impl Tape {
         })
     }
 
+    /// Whether the coupling layers run as whole-layer dispatches (`Fusion`).
+    pub fn fused_layers(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::Layer(..)))
+    }
+
     /// The buffer holding phi after the forward.
     pub fn phi(&self) -> &GpuBuffer {
         if self.spec.mode == Mode::Train {

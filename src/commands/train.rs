@@ -88,7 +88,7 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         "work        {:.3} GFLOP per training step (forward + backward convolutions)",
         3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9
     );
-    let fused = tape.ops.iter().any(|op| op.name() == "coupling layer");
+    let fused = tape.fused_layers();
     println!(
         "step        {} dispatches in one submit ({})",
         tape.step_dispatches().len(),

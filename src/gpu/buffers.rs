@@ -46,6 +46,18 @@ impl GpuBuffer {
         }
     }
 
+    /// A launcher's check that this buffer holds at least `n` elements.
+    pub fn need(&self, n: usize) -> Result<()> {
+        if self.len() < n {
+            bail!(
+                "buffer {} has {} elements, needs {n}",
+                self.label,
+                self.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Number of 4-byte elements.
     pub fn len(&self) -> usize {
         (self.size / 4) as usize

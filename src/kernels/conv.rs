@@ -177,7 +177,7 @@ impl ConvTiling {
         let threads_per_chunk =
             (dims.cin * dims.taps / taps_per_thread * dims.cout / couts_per_thread).max(1);
         let chunks = if software {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
+            super::cpu_cores()
         } else {
             16384usize.div_ceil(threads_per_chunk)
         };
@@ -258,20 +258,14 @@ impl Conv {
         if matches!(spec.input_grad, InputGrad::AddMasked) && d.cin != 1 {
             bail!("InputGrad::AddMasked needs a single input channel");
         }
-        let need = |buf: &GpuBuffer, n: usize| -> Result<()> {
-            if buf.len() < n {
-                bail!("buffer {} has {} elements, needs {n}", buf.label, buf.len());
-            }
-            Ok(())
-        };
-        need(b.params, spec.w_off + d.n_params())?;
-        need(b.x, d.batch * d.cin * d.volume)?;
-        need(b.y, d.batch * d.cout * d.volume)?;
+        b.params.need(spec.w_off + d.n_params())?;
+        b.x.need(d.batch * d.cin * d.volume)?;
+        b.y.need(d.batch * d.cout * d.volume)?;
         if let Some(g) = &b.grad {
-            need(g.grads, spec.w_off + d.n_params())?;
-            need(g.gx, d.batch * d.cin * d.volume)?;
-            need(g.gy, d.batch * d.cout * d.volume)?;
-            need(g.partial, spec.partial_len())?;
+            g.grads.need(spec.w_off + d.n_params())?;
+            g.gx.need(d.batch * d.cin * d.volume)?;
+            g.gy.need(d.batch * d.cout * d.volume)?;
+            g.partial.need(spec.partial_len())?;
         }
 
         let (mode, act_in) = match spec.input_grad {

@@ -2,7 +2,7 @@
 
 use super::{Act, LatticeBuffers, reduction_workgroup};
 use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CouplingSpec {
@@ -57,13 +57,7 @@ impl Coupling {
             sizes.extend([(g.gx, n), (g.gy, n), (g.gst, 2 * n), (g.glogq, spec.batch)]);
         }
         for (buf, len) in sizes {
-            if buf.len() < len {
-                bail!(
-                    "buffer {} has {} elements, needs {len}",
-                    buf.label,
-                    buf.len()
-                );
-            }
+            buf.need(len)?;
         }
         let wg = reduction_workgroup(spec.volume);
         let base = |entry| {

@@ -121,11 +121,7 @@ impl CouplingLayerSpec {
     /// Workgroups of the backward: one per sample on a GPU (at most 256); one per core on a
     /// CPU adapter, which runs one workgroup per core (as conv's weight-gradient chunks).
     fn n_chunks(&self, software: bool) -> usize {
-        let want = if software {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            256
-        };
+        let want = if software { super::cpu_cores() } else { 256 };
         let chunk = self.batch.div_ceil(want.clamp(1, self.batch.max(1)));
         self.batch.div_ceil(chunk)
     }
@@ -247,24 +243,18 @@ impl CouplingLayer {
             .chain(spec.convs.iter().map(|c| c.cout))
             .collect();
         let (h_off, h_len) = activation_offsets(bt, v, &channels);
-        let need = |buf: &GpuBuffer, n: usize| -> Result<()> {
-            if buf.len() < n {
-                bail!("buffer {} has {} elements, needs {n}", buf.label, buf.len());
-            }
-            Ok(())
-        };
-        need(b.x, bt * v)?;
-        need(b.y, bt * v)?;
-        need(b.logq, bt)?;
+        b.x.need(bt * v)?;
+        b.y.need(bt * v)?;
+        b.logq.need(bt)?;
         if spec.train {
-            need(b.h, h_len)?;
+            b.h.need(h_len)?;
         }
         if !b.params.usage.contains(crate::gpu::Usage::UNIFORM) {
             bail!("buffer {} cannot be bound as a uniform", b.params.label);
         }
         let first = spec.convs[0].offset;
         let w_bytes = spec.param_span().div_ceil(4) * 16;
-        need(b.params, first + w_bytes / 4)?;
+        b.params.need(first + w_bytes / 4)?;
         let wu = b.params.range((first * 4) as u64, w_bytes as u64);
         let rel = |j: usize| (spec.convs[j].offset - first) as u32;
         let software = spec.software(gpu);
@@ -335,11 +325,11 @@ impl CouplingLayer {
             .with_work(flops, bytes);
         let mut backward = vec![];
         if let (Some(g), None, true) = (&b.grad, spec.backward_unfusable(gpu), spec.train) {
-            need(g.gy, bt * v)?;
-            need(g.gx, bt * v)?;
-            need(g.glogq, bt)?;
-            need(g.partial, spec.partial_len(gpu))?;
-            need(g.grads, first + spec.param_span())?;
+            g.gy.need(bt * v)?;
+            g.gx.need(bt * v)?;
+            g.glogq.need(bt)?;
+            g.partial.need(spec.partial_len(gpu))?;
+            g.grads.need(first + spec.param_span())?;
             let bwd = kernel
                 .clone()
                 .with_entry("backward")

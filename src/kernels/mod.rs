@@ -89,6 +89,12 @@ impl LatticeBuffers {
     }
 }
 
+/// Workgroups a CPU adapter runs at once: lavapipe runs one per core. Kernels that split a sum
+/// over workgroups use this many there (fewer, longer serial sums are fastest on a CPU).
+pub fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// The workgroup size of the per-sample reduction kernels: the smallest power of two covering
 /// the lattice, at most 256 (so a 4x4 lattice does not idle 240 lanes of 256).
 pub fn reduction_workgroup(volume: usize) -> u32 {
