@@ -6,10 +6,10 @@ use crate::config::Config;
 use crate::flow::FlowSpec;
 use crate::gpu::Gpu;
 use crate::gpu::timing::median;
-use crate::kernels::prior::stream;
 use crate::proposals::Proposer;
+use crate::rng::stream;
 use crate::tape::{Fusion, Tape, TapeSpec};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -96,7 +96,8 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         },
         &params,
         &counter,
-    )?;
+    )
+    .with_context(|| crate::train::training_batch(cfg))?;
     // Warm up: pipelines compiled, caches filled.
     for _ in 0..3 {
         tape.submit_step(gpu);
@@ -155,12 +156,12 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
             seed: t.seed,
             stream: stream::SAMPLE,
             lr: 0.0,
-            batch_key: "--batch",
             fusion: o.fusion,
             ..TapeSpec::training(cfg)
         },
         &params,
-    )?;
+    )
+    .with_context(|| format!("planning a batch of {} proposals (--batch)", o.sample_batch))?;
     // Warm-up batch; where one batch already takes long (large lattices on a CPU adapter),
     // it is the measurement, and otherwise as many batches as fit in about 10 s are timed.
     let s = Instant::now();

@@ -14,7 +14,7 @@ const FORMAT: &str = "gomaflow-wgpu checkpoint 1";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
-    /// The flat parameters (the layout of `FlowSpec::convs`).
+    /// The flat parameters (the layout of `FlowSpec::nets`).
     pub params: Vec<f32>,
     /// Adam's first and second moments, flat like the parameters.
     pub adam: Option<(Vec<f32>, Vec<f32>)>,
@@ -41,37 +41,15 @@ pub fn describe(flow: &FlowSpec) -> String {
     )
 }
 
-fn weight_name(l: usize, j: usize) -> String {
-    format!("layers.{l}.net.{}.weight", 2 * j)
-}
-fn bias_name(l: usize, j: usize) -> String {
-    format!("layers.{l}.net.{}.bias", 2 * j)
-}
-
 fn bytes(x: &[f32]) -> &[u8] {
     bytemuck::cast_slice(x)
 }
 
 pub fn save(path: &Path, flow: &FlowSpec, ck: &Checkpoint) -> Result<()> {
-    let k = flow.kernel_size;
-    let nd = flow.lattice.nd;
     let mut tensors: Vec<(String, TensorView)> = Vec::new();
-    for l in 0..flow.n_layers {
-        for (j, c) in flow.convs(l).iter().enumerate() {
-            let nk = c.cout * c.cin * flow.taps();
-            let mut shape = vec![c.cout, c.cin];
-            shape.extend(std::iter::repeat_n(k, nd));
-            let w = &ck.params[c.offset..c.offset + nk];
-            let b = &ck.params[c.offset + nk..c.offset + nk + c.cout];
-            tensors.push((
-                weight_name(l, j),
-                TensorView::new(Dtype::F32, shape, bytes(w))?,
-            ));
-            tensors.push((
-                bias_name(l, j),
-                TensorView::new(Dtype::F32, vec![c.cout], bytes(b))?,
-            ));
-        }
+    for t in flow.tensors() {
+        let view = TensorView::new(Dtype::F32, t.shape, bytes(&ck.params[t.range]))?;
+        tensors.push((t.name, view));
     }
     if let Some((m, v)) = &ck.adam {
         tensors.push((
@@ -116,14 +94,12 @@ fn f32s(view: &TensorView, name: &str, file: &str) -> Result<Vec<f32>> {
 /// Moves a flat vector of the packed layout (each conv's weights and bias end to end) into the
 /// aligned layout of `FlowSpec::param_len`, leaving the padding zero.
 fn spread_packed(flow: &FlowSpec, packed: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; flow.param_len()];
+    let mut out = vec![0f32; flow.param_len];
     let mut src = 0;
-    for l in 0..flow.n_layers {
-        for c in flow.convs(l) {
-            let n = c.cout * c.cin * flow.taps() + c.cout;
-            out[c.offset..c.offset + n].copy_from_slice(&packed[src..src + n]);
-            src += n;
-        }
+    for t in flow.tensors() {
+        let n = t.range.len();
+        out[t.range].copy_from_slice(&packed[src..src + n]);
+        src += n;
     }
     out
 }
@@ -156,36 +132,26 @@ pub fn load(path: &Path, flow: &FlowSpec, strict_lattice: bool) -> Result<Checkp
             .parse::<f64>()
             .map_err(|_| anyhow!("{file}: metadata {key} is not a number"))
     };
-    let mut params = vec![0f32; flow.param_len()];
-    let k = flow.kernel_size;
-    for l in 0..flow.n_layers {
-        for (j, c) in flow.convs(l).iter().enumerate() {
-            let nk = c.cout * c.cin * flow.taps();
-            let mut shape = vec![c.cout, c.cin];
-            shape.extend(std::iter::repeat_n(k, flow.lattice.nd));
-            for (name, want, off) in [
-                (weight_name(l, j), shape, c.offset),
-                (bias_name(l, j), vec![c.cout], c.offset + nk),
-            ] {
-                let t = st.tensor(&name).map_err(|_| {
-                    anyhow!(
-                        "{file} has no tensor {name}: it was written for another model \
-                         (checkpoint: {stored}; config: {})",
-                        describe(flow)
-                    )
-                })?;
-                if t.shape() != want.as_slice() {
-                    bail!(
-                        "{file}: tensor {name} has shape {:?}, the config needs {want:?} \
-                         (checkpoint: {stored}; config: {})",
-                        t.shape(),
-                        describe(flow)
-                    );
-                }
-                let v = f32s(&t, &name, &file)?;
-                params[off..off + v.len()].copy_from_slice(&v);
-            }
+    let mut params = vec![0f32; flow.param_len];
+    for want in flow.tensors() {
+        let name = &want.name;
+        let t = st.tensor(name).map_err(|_| {
+            anyhow!(
+                "{file} has no tensor {name}: it was written for another model \
+                 (checkpoint: {stored}; config: {})",
+                describe(flow)
+            )
+        })?;
+        if t.shape() != want.shape.as_slice() {
+            bail!(
+                "{file}: tensor {name} has shape {:?}, the config needs {:?} \
+                 (checkpoint: {stored}; config: {})",
+                t.shape(),
+                want.shape,
+                describe(flow)
+            );
         }
+        params[want.range].copy_from_slice(&f32s(&t, name, &file)?);
     }
     if let Some(bad) = params.iter().position(|v| !v.is_finite()) {
         bail!("{file}: parameter {bad} is not finite; the checkpoint is corrupt");

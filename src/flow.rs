@@ -6,22 +6,168 @@
 use crate::config::Config;
 use crate::kernels::Act;
 use crate::lattice::Lattice;
-use crate::rng::Philox;
+use crate::rng::{Philox, stream};
+use std::ops::Range;
 
 /// Alignment (in floats) of each convolution's slice of the flat parameter buffer: 256 bytes,
 /// WebGPU's minimum uniform-buffer offset alignment.
 pub const PARAM_ALIGN: usize = 64;
 
-/// One convolution of a coupling net and where its parameters live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvLayout {
+/// The sites a convolution reads around its output site: a list of offsets, which the GPU
+/// sees as a neighbour table (`table`). A new convolution shape is a new variant here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Taps {
+    /// The full k^Nd window (k odd), offsets -(k/2)..=k/2 per axis, row-major (the order of
+    /// PyTorch's [cout, cin, k, ..., k] weights). Tap t and tap k^Nd-1-t are opposite.
+    Window { k: usize },
+}
+
+impl Taps {
+    /// The offsets, in the order of the weights' last axes.
+    pub fn offsets(&self, nd: usize) -> Vec<Vec<i64>> {
+        match self {
+            Taps::Window { k } => Lattice::new(nd, 2).tap_offsets(*k),
+        }
+    }
+
+    /// Number of taps in `nd` dimensions.
+    pub fn count(&self, nd: usize) -> usize {
+        match self {
+            Taps::Window { k } => k.pow(nd as u32),
+        }
+    }
+
+    /// Taps of one row of the window: the unit in which the weight-gradient kernels group
+    /// taps per thread (a divisor of `count`).
+    pub fn row(&self) -> usize {
+        match self {
+            Taps::Window { k } => *k,
+        }
+    }
+
+    /// The shape of one (cout, cin) pair's weights, as checkpoints store it.
+    pub fn shape(&self, nd: usize) -> Vec<usize> {
+        match self {
+            Taps::Window { k } => vec![*k; nd],
+        }
+    }
+
+    /// `table[site * count + t]` = the site at tap t's offset from `site`.
+    pub fn table(&self, lattice: &Lattice) -> Vec<u32> {
+        let offsets = self.offsets(lattice.nd);
+        let mut t = Vec::with_capacity(lattice.volume() * offsets.len());
+        for s in 0..lattice.volume() {
+            for o in &offsets {
+                t.push(lattice.shift(s, o) as u32);
+            }
+        }
+        t
+    }
+}
+
+/// One periodic convolution of a coupling net: `cout` outputs from `cin` inputs over the tap
+/// set `taps`, plus a bias, then the activation `act`. Its parameters live at `offset` of the
+/// flat buffer: weights [cout, cin, n_taps], then the bias [cout].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvBlock {
     pub cin: usize,
     pub cout: usize,
+    pub taps: Taps,
+    /// `taps.count(Nd)`.
+    pub n_taps: usize,
     pub act: Act,
-    /// Offset of the weights [cout, cin, taps], followed by the bias [cout].
     pub offset: usize,
 }
 
+impl ConvBlock {
+    /// Weights without the bias: cout * cin * n_taps.
+    pub fn n_weights(&self) -> usize {
+        self.cout * self.cin * self.n_taps
+    }
+
+    /// Weights and bias.
+    pub fn n_params(&self) -> usize {
+        self.n_weights() + self.cout
+    }
+
+    /// Where the weights and the bias live in the flat buffer.
+    pub fn weights(&self) -> Range<usize> {
+        self.offset..self.offset + self.n_weights()
+    }
+    pub fn bias(&self) -> Range<usize> {
+        self.offset + self.n_weights()..self.offset + self.n_params()
+    }
+    /// Weights and bias together.
+    pub fn params(&self) -> Range<usize> {
+        self.offset..self.offset + self.n_params()
+    }
+
+    /// Floats the block occupies in the flat buffer: its parameters padded to `PARAM_ALIGN`,
+    /// so that the next block starts where a uniform binding may start.
+    fn slot(&self) -> usize {
+        self.n_params().div_ceil(PARAM_ALIGN) * PARAM_ALIGN
+    }
+
+    /// PyTorch's default initialisation: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    /// fan_in = cin * n_taps, weights then biases from one stream.
+    fn init(&self, rng: &mut Philox, p: &mut [f32]) {
+        let bound = 1.0 / ((self.cin * self.n_taps) as f64).sqrt();
+        for v in &mut p[self.params()] {
+            *v = rng.uniform_in(-bound, bound) as f32;
+        }
+    }
+}
+
+/// How a coupling layer uses its net's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CouplingKind {
+    /// (s, t) = channels 0 and 1 of the net's output (after its last activation);
+    /// y = mask x + (1 - mask)(x e^s + t), log J = sum (1 - mask) s.
+    Affine,
+}
+
+/// One coupling layer: its checkerboard, its net (convolutions applied in order to mask * x)
+/// and how the net's output transforms the active sites.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CouplingNet {
+    /// mask(site) = (sum of coordinates + parity) mod 2, 1 = frozen.
+    pub parity: u32,
+    pub convs: Vec<ConvBlock>,
+    pub coupling: CouplingKind,
+}
+
+impl CouplingNet {
+    /// The activation of the net's output, which the coupling's backward differentiates.
+    pub fn final_act(&self) -> Act {
+        self.convs.last().map_or(Act::None, |c| c.act)
+    }
+
+    /// Channels along the net: [cin of the first, cout of each].
+    pub fn channels(&self) -> Vec<usize> {
+        let mut c = vec![self.convs[0].cin];
+        c.extend(self.convs.iter().map(|c| c.cout));
+        c
+    }
+
+    /// The layer's parameters in the flat buffer, from its first weight to its last bias.
+    pub fn params(&self) -> Range<usize> {
+        let last = &self.convs[self.convs.len() - 1];
+        self.convs[0].offset..last.params().end
+    }
+}
+
+/// One named tensor of a checkpoint: PyTorch's name for it in the reference model, its shape,
+/// and where it lives in the flat buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: Range<usize>,
+}
+
+/// The model: the config's architecture (`lattice` .. `final_tanh`) and, built from it once by
+/// `new`, the description every part reads: each coupling layer's net with its parameter
+/// layout. Build it with `new` (or `from_config`), so that the two agree.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowSpec {
     pub lattice: Lattice,
@@ -29,34 +175,77 @@ pub struct FlowSpec {
     pub hidden: Vec<usize>,
     pub kernel_size: usize,
     pub final_tanh: bool,
+    /// Coupling layer l's net and parameter layout.
+    pub nets: Vec<CouplingNet>,
+    /// Length of the flat parameter (and gradient, and Adam moment) buffer, padding included.
+    /// The padding stays zero: no gradient reaches it.
+    pub param_len: usize,
 }
 
 impl FlowSpec {
-    pub fn from_config(cfg: &Config) -> FlowSpec {
+    /// n_layers affine couplings with alternating checkerboards (layer l has parity l mod 2),
+    /// each a net of convolutions with channels [1, hidden..., 2] over the k^Nd window,
+    /// LeakyReLU after each but the last, tanh after the last when `final_tanh`.
+    pub fn new(
+        lattice: Lattice,
+        n_layers: usize,
+        hidden: Vec<usize>,
+        kernel_size: usize,
+        final_tanh: bool,
+    ) -> FlowSpec {
+        let taps = Taps::Window { k: kernel_size };
+        let n_taps = taps.count(lattice.nd);
+        let mut channels = vec![1];
+        channels.extend(&hidden);
+        channels.push(2);
+        let n = channels.len() - 1;
+        let mut offset = 0;
+        let nets = (0..n_layers)
+            .map(|l| {
+                let convs = (0..n)
+                    .map(|j| {
+                        let c = ConvBlock {
+                            cin: channels[j],
+                            cout: channels[j + 1],
+                            taps: taps.clone(),
+                            n_taps,
+                            act: match (j + 1 == n, final_tanh) {
+                                (false, _) => Act::Leaky,
+                                (true, true) => Act::Tanh,
+                                (true, false) => Act::None,
+                            },
+                            offset,
+                        };
+                        offset += c.slot();
+                        c
+                    })
+                    .collect();
+                CouplingNet {
+                    parity: (l % 2) as u32,
+                    convs,
+                    coupling: CouplingKind::Affine,
+                }
+            })
+            .collect();
         FlowSpec {
-            lattice: Lattice::new(cfg.physical.nd, cfg.physical.l),
-            n_layers: cfg.model.n_layers,
-            hidden: cfg.model.hidden_sizes.clone(),
-            kernel_size: cfg.model.kernel_size,
-            final_tanh: cfg.model.use_final_tanh,
+            lattice,
+            n_layers,
+            hidden,
+            kernel_size,
+            final_tanh,
+            nets,
+            param_len: offset,
         }
     }
 
-    pub fn taps(&self) -> usize {
-        self.kernel_size.pow(self.lattice.nd as u32)
-    }
-
-    /// Coupling layer i uses the checkerboard of parity i mod 2.
-    pub fn parity(&self, layer: usize) -> u32 {
-        (layer % 2) as u32
-    }
-
-    pub fn final_act(&self) -> Act {
-        if self.final_tanh {
-            Act::Tanh
-        } else {
-            Act::None
-        }
+    pub fn from_config(cfg: &Config) -> FlowSpec {
+        FlowSpec::new(
+            Lattice::new(cfg.physical.nd, cfg.physical.l),
+            cfg.model.n_layers,
+            cfg.model.hidden_sizes.clone(),
+            cfg.model.kernel_size,
+            cfg.model.use_final_tanh,
+        )
     }
 
     /// Channels of the coupling net: [1, hidden..., 2].
@@ -67,97 +256,75 @@ impl FlowSpec {
         c
     }
 
-    fn conv_params(&self, cin: usize, cout: usize) -> usize {
-        cout * cin * self.taps() + cout
+    /// Every convolution of the model, layer by layer.
+    pub fn blocks(&self) -> impl Iterator<Item = &ConvBlock> {
+        self.nets.iter().flat_map(|n| &n.convs)
     }
 
-    /// Trainable parameters of one coupling layer.
-    pub fn params_per_layer(&self) -> usize {
-        self.channels()
-            .windows(2)
-            .map(|w| self.conv_params(w[0], w[1]))
-            .sum()
-    }
-
-    /// Trainable parameters of the model (DESIGN §2: 12,960 for the 2D default).
-    pub fn n_params(&self) -> usize {
-        self.n_layers * self.params_per_layer()
-    }
-
-    /// Floats each convolution occupies in the flat buffer: its parameters, padded to a multiple
-    /// of `PARAM_ALIGN`, so that every layer's slice starts where a uniform binding may start.
-    fn conv_slot(&self, cin: usize, cout: usize) -> usize {
-        self.conv_params(cin, cout).div_ceil(PARAM_ALIGN) * PARAM_ALIGN
-    }
-
-    fn layer_slot(&self) -> usize {
-        self.channels()
-            .windows(2)
-            .map(|w| self.conv_slot(w[0], w[1]))
-            .sum()
-    }
-
-    /// Length of the flat parameter (and gradient, and Adam moment) buffer, padding included.
-    /// The padding stays zero: no gradient reaches it.
-    pub fn param_len(&self) -> usize {
-        self.n_layers * self.layer_slot()
-    }
-
-    /// The convolutions of coupling `layer`, in order, with their parameter offsets.
-    pub fn convs(&self, layer: usize) -> Vec<ConvLayout> {
-        let ch = self.channels();
-        let mut offset = layer * self.layer_slot();
-        let n = ch.len() - 1;
-        (0..n)
-            .map(|j| {
-                let c = ConvLayout {
-                    cin: ch[j],
-                    cout: ch[j + 1],
-                    act: if j + 1 == n {
-                        self.final_act()
-                    } else {
-                        Act::Leaky
-                    },
-                    offset,
-                };
-                offset += self.conv_slot(ch[j], ch[j + 1]);
-                c
-            })
-            .collect()
-    }
-
-    /// PyTorch's default initialisation, W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
-    /// fan_in = C_in k^Nd, drawn from Philox keyed by the model seed (reproducible anywhere).
-    pub fn init_params(&self, seed: u64) -> Vec<f32> {
-        let mut rng = Philox::new(seed, 0x1A17);
-        let mut p = vec![0f32; self.param_len()];
-        for layer in 0..self.n_layers {
-            for c in self.convs(layer) {
-                let bound = 1.0 / ((c.cin * self.taps()) as f64).sqrt();
-                let n = self.conv_params(c.cin, c.cout);
-                for v in &mut p[c.offset..c.offset + n] {
-                    *v = rng.uniform_in(-bound, bound) as f32;
-                }
+    /// Every tap set the model's convolutions use (each is one neighbour table on the GPU).
+    pub fn tap_sets(&self) -> Vec<Taps> {
+        let mut sets: Vec<Taps> = vec![];
+        for c in self.blocks() {
+            if !sets.contains(&c.taps) {
+                sets.push(c.taps.clone());
             }
         }
+        sets
+    }
+
+    /// Trainable parameters of the model (12,960 for the 2D default of 16 layers, hidden
+    /// [8, 8], k = 3).
+    pub fn n_params(&self) -> usize {
+        self.blocks().map(ConvBlock::n_params).sum()
+    }
+
+    /// PyTorch's default initialisation of every block, drawn from Philox keyed by the model
+    /// seed (reproducible anywhere).
+    pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        let mut rng = Philox::new(seed, stream::INIT);
+        let mut p = vec![0f32; self.param_len];
+        for c in self.blocks() {
+            c.init(&mut rng, &mut p);
+        }
         p
+    }
+
+    /// The checkpoint's tensors, named as PyTorch's reference model names them
+    /// (`layers.{l}.net.{2j}.weight` / `.bias`: its nets interleave convolutions and
+    /// activations).
+    pub fn tensors(&self) -> Vec<Tensor> {
+        let nd = self.lattice.nd;
+        let mut out = vec![];
+        for (l, net) in self.nets.iter().enumerate() {
+            for (j, c) in net.convs.iter().enumerate() {
+                let mut shape = vec![c.cout, c.cin];
+                shape.extend(c.taps.shape(nd));
+                out.push(Tensor {
+                    name: format!("layers.{l}.net.{}.weight", 2 * j),
+                    shape,
+                    range: c.weights(),
+                });
+                out.push(Tensor {
+                    name: format!("layers.{l}.net.{}.bias", 2 * j),
+                    shape: vec![c.cout],
+                    range: c.bias(),
+                });
+            }
+        }
+        out
     }
 
     /// Multiply-adds of one forward pass of one sample (all convolutions).
     pub fn macs_per_sample(&self) -> usize {
         let v = self.lattice.volume();
-        self.n_layers
-            * self
-                .channels()
-                .windows(2)
-                .map(|w| w[0] * w[1] * self.taps() * v)
-                .sum::<usize>()
+        self.blocks().map(|c| c.n_weights() * v).sum()
     }
 }
 
-/// The f64 reference model: forward and backward written by hand from the kernel references.
+/// The f64 reference model: forward and backward written by hand from the kernel references,
+/// block by block as `FlowSpec::nets` describes the model.
 pub mod reference {
-    use super::FlowSpec;
+    use super::{ConvBlock, CouplingKind, CouplingNet, FlowSpec};
     use crate::kernels::action::reference as action;
     use crate::kernels::conv::reference::Layer;
     use crate::kernels::coupling::reference as coupling;
@@ -166,48 +333,62 @@ pub mod reference {
     pub struct Forward {
         /// x[l] is the input of coupling l; x[n_layers] is phi.
         pub x: Vec<Vec<f64>>,
-        /// Activations of each convolution of each layer (the last one is st).
+        /// Activations of each convolution of each layer (the last one is the net's output).
         pub h: Vec<Vec<Vec<f64>>>,
         /// log q per sample (prior included).
         pub logq: Vec<f64>,
     }
 
-    fn layer<'a>(spec: &'a FlowSpec, batch: usize, cin: usize, cout: usize) -> Layer<'a> {
+    fn layer<'a>(spec: &'a FlowSpec, batch: usize, c: &'a ConvBlock) -> Layer<'a> {
         Layer {
             lattice: &spec.lattice,
-            k: spec.kernel_size,
+            taps: &c.taps,
             batch,
-            cin,
-            cout,
+            cin: c.cin,
+            cout: c.cout,
         }
+    }
+
+    /// mask * x: the net's input (the frozen sites of x).
+    fn masked(x: &[f64], mask: &[f64]) -> Vec<f64> {
+        let v = mask.len();
+        x.iter()
+            .enumerate()
+            .map(|(i, &xv)| xv * mask[i % v])
+            .collect()
+    }
+
+    /// The net of coupling `net` applied to `input`: every convolution's activated output.
+    fn net_forward(
+        spec: &FlowSpec,
+        params: &[f64],
+        net: &CouplingNet,
+        batch: usize,
+        input: Vec<f64>,
+    ) -> Vec<Vec<f64>> {
+        let mut a = input;
+        let mut hs = Vec::new();
+        for c in &net.convs {
+            a = layer(spec, batch, c).forward(&a, &params[c.params()], c.act);
+            hs.push(a.clone());
+        }
+        hs
     }
 
     /// Push z (with prior log density logr per sample) through the flow.
     pub fn forward(spec: &FlowSpec, params: &[f64], z: &[f64], logr: &[f64]) -> Forward {
         let batch = logr.len();
-        let v = spec.lattice.volume();
         let mut x = vec![z.to_vec()];
         let mut h = Vec::new();
         let mut logq = logr.to_vec();
-        for l in 0..spec.n_layers {
-            let mask = spec.lattice.mask(spec.parity(l));
-            let xl = &x[l];
-            let mut a: Vec<f64> = xl
-                .iter()
-                .enumerate()
-                .map(|(i, &xv)| xv * mask[i % v])
-                .collect();
-            let mut hs = Vec::new();
-            for c in spec.convs(l) {
-                let n = c.cout * c.cin * spec.taps() + c.cout;
-                a = layer(spec, batch, c.cin, c.cout).forward(
-                    &a,
-                    &params[c.offset..c.offset + n],
-                    c.act,
-                );
-                hs.push(a.clone());
-            }
-            let (y, logj) = coupling::forward(xl, &a, &mask, batch);
+        for net in &spec.nets {
+            let mask = spec.lattice.mask(net.parity);
+            let xl = x.last().unwrap();
+            let hs = net_forward(spec, params, net, batch, masked(xl, &mask));
+            let out = hs.last().unwrap();
+            let (y, logj) = match net.coupling {
+                CouplingKind::Affine => coupling::forward(xl, out, &mask, batch),
+            };
             for (q, j) in logq.iter_mut().zip(&logj) {
                 *q -= j;
             }
@@ -258,32 +439,29 @@ pub mod reference {
         grad: &mut [f64],
     ) -> Vec<f64> {
         let batch = glogq.len();
-        let v = spec.lattice.volume();
-        let mask = spec.lattice.mask(spec.parity(l));
-        let convs = spec.convs(l);
-        let st = f.h[l].last().unwrap();
-        let (gx_direct, mut g) =
-            coupling::backward(&f.x[l], st, &mask, gy, glogq, spec.final_act());
+        let net = &spec.nets[l];
+        let mask = spec.lattice.mask(net.parity);
+        let out = f.h[l].last().unwrap();
+        let (gx_direct, mut g) = match net.coupling {
+            CouplingKind::Affine => {
+                coupling::backward(&f.x[l], out, &mask, gy, glogq, net.final_act())
+            }
+        };
         // Back through the net, last convolution first; g is a pre-activation gradient.
-        for (j, c) in convs.iter().enumerate().rev() {
-            let n = c.cout * c.cin * spec.taps() + c.cout;
-            let input: Vec<f64> = if j == 0 {
-                f.x[l]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &xv)| xv * mask[i % v])
-                    .collect()
+        for (j, c) in net.convs.iter().enumerate().rev() {
+            let input = if j == 0 {
+                masked(&f.x[l], &mask)
             } else {
                 f.h[l][j - 1].clone()
             };
-            let lay = layer(spec, batch, c.cin, c.cout);
+            let lay = layer(spec, batch, c);
             let gw = lay.backward_weight(&input, &g);
-            for (a, b) in grad[c.offset..c.offset + n].iter_mut().zip(&gw) {
+            for (a, b) in grad[c.params()].iter_mut().zip(&gw) {
                 *a += b;
             }
-            let gin = lay.backward_input(&g, &params[c.offset..c.offset + n]);
+            let gin = lay.backward_input(&g, &params[c.params()]);
             if j > 0 {
-                let prev = convs[j - 1].act;
+                let prev = net.convs[j - 1].act;
                 g = gin
                     .iter()
                     .zip(&input)
@@ -294,6 +472,7 @@ pub mod reference {
             }
         }
         // The input reached the net through mask * x.
+        let v = mask.len();
         gx_direct
             .iter()
             .enumerate()

@@ -69,18 +69,6 @@ impl Lattice {
             .collect()
     }
 
-    /// `nbr[site * k^Nd + t]` = the site at tap t's offset from `site`.
-    pub fn conv_table(&self, k: usize) -> Vec<u32> {
-        let offsets = self.tap_offsets(k);
-        let mut t = Vec::with_capacity(self.volume() * offsets.len());
-        for s in 0..self.volume() {
-            for o in &offsets {
-                t.push(self.shift(s, o) as u32);
-            }
-        }
-        t
-    }
-
     /// `parity[site]` = (sum of coordinates) mod 2. The checkerboard of parity p is
     /// `parity[site] ^ p`, with 1 = frozen.
     pub fn parity_table(&self) -> Vec<u32> {

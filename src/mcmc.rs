@@ -86,7 +86,7 @@ pub fn run_hmc(
 ) -> Result<HmcRun> {
     let lat = Lattice::new(cfg.physical.nd, cfg.physical.l);
     let v = lat.volume();
-    let lb = LatticeBuffers::new(gpu, lat, 1)?;
+    let lb = LatticeBuffers::new(gpu, lat, &[])?;
     let mut hmc = Hmc::new(
         gpu,
         HmcSpec {
@@ -100,7 +100,7 @@ pub fn run_hmc(
         &lb,
     )?;
     // Start from small random fields.
-    let mut rng = Philox::new(opts.seed, 0x4D43);
+    let mut rng = Philox::new(opts.seed, crate::rng::stream::HMC);
     let start: Vec<f32> = (0..opts.chains * v)
         .map(|_| rng.uniform_in(-0.5, 0.5) as f32)
         .collect();
@@ -112,7 +112,7 @@ pub fn run_hmc(
     let mut primaries = vec![Vec::with_capacity(opts.trajectories); opts.chains];
     let mut accepted_total = 0usize;
     let mut t0 = Instant::now();
-    let mut jitter = Philox::new(opts.seed, 0x4A17);
+    let mut jitter = Philox::new(opts.seed, crate::rng::stream::HMC_JITTER);
     for i in 0..total {
         // A step size jittered by +-20% per trajectory: a fixed trajectory length leaves modes
         // whose period divides it nearly frozen (the free field's phi^2 had tau_int ~ 60).

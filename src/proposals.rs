@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::flow::FlowSpec;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::tape::{Mode, Tape, TapeSpec};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// A batch-drawing inference tape with its own draw counter.
 pub struct Proposer {
@@ -61,10 +61,10 @@ impl Proposer {
             m2: cfg.physical.m2,
             lam: cfg.physical.lam,
             lr: 0.0,
-            batch_key,
             fusion: crate::tape::Fusion::Auto,
         };
         Self::from_spec(gpu, spec, params)
+            .with_context(|| format!("planning a batch of {batch} proposals ({batch_key})"))
     }
 
     /// A proposer from a whole inference tape spec (e.g. to choose its `fusion`).

@@ -3,6 +3,27 @@
 //! host needs (initial weights, Metropolis accept/reject), so that runs are reproducible bit for
 //! bit on any machine and any crate version.
 
+/// Every stream of random numbers the program draws: a generator is keyed by (seed, stream),
+/// so two uses with different streams never share numbers. All identifiers live here.
+pub mod stream {
+    /// The GPU prior's draws (`kernels::prior`): training batches, each epoch's evaluation,
+    /// and `sample`'s proposals.
+    pub const TRAIN: u32 = 0;
+    pub const EVAL: u32 = 1;
+    pub const SAMPLE: u32 = 2;
+    /// The initial weights (`FlowSpec::init_params`).
+    pub const INIT: u32 = 0x1A17;
+    /// The accept/reject decisions of an epoch's evaluation chain: `EVAL_MH + epoch`.
+    pub const EVAL_MH: u32 = 0x1000;
+    /// Those of the final evaluation after training.
+    pub const FINAL_EVAL_MH: u32 = 0x0F1A;
+    /// Those of `sample`'s chain.
+    pub const SAMPLE_MH: u32 = 0x5A3D;
+    /// HMC's accept/reject decisions and its trajectory-length jitter.
+    pub const HMC: u32 = 0x4D43;
+    pub const HMC_JITTER: u32 = 0x4A17;
+}
+
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
 const W0: u32 = 0x9E37_79B9;

@@ -7,12 +7,12 @@ use crate::config::Config;
 use crate::files::NpyWriter;
 use crate::flow::FlowSpec;
 use crate::gpu::Gpu;
-use crate::kernels::prior::stream;
 use crate::kernels::reduce::reference::ess_per_sample;
 use crate::lattice::Lattice;
 use crate::observables::{Measurement, pareto_k, tau_acceptance};
 use crate::proposals::Proposer;
 use crate::rng::Philox;
+use crate::rng::stream;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -100,7 +100,7 @@ pub fn run(
     };
 
     let start = Instant::now();
-    let mut rng = Philox::new(seed, 0x5A3D);
+    let mut rng = Philox::new(seed, stream::SAMPLE_MH);
     let mut logw_all = Vec::with_capacity(o.samples);
     let mut accepted = Vec::with_capacity(o.samples);
     let mut primaries = Vec::with_capacity(o.samples - o.burn_in);

@@ -13,8 +13,8 @@
 //! (`kernels::coupling_layer`): 53 dispatches per tutorial step instead of 228.
 
 use crate::config::PriorKind;
-use crate::flow::FlowSpec;
-use crate::gpu::{Dispatch, Gpu, GpuBuffer};
+use crate::flow::{CouplingKind, FlowSpec};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, Usage};
 use crate::kernels::LatticeBuffers;
 use crate::kernels::action::{Action, ActionSpec};
 use crate::kernels::adam::{Adam, AdamSpec};
@@ -51,8 +51,6 @@ pub struct TapeSpec {
     pub lam: f64,
     /// Initial learning rate (Train).
     pub lr: f64,
-    /// The config key that sets `batch`, named when a buffer is too large.
-    pub batch_key: &'static str,
     /// Whether each coupling layer runs as one dispatch each way.
     pub fusion: Fusion,
 }
@@ -94,8 +92,8 @@ impl Fusion {
 }
 
 impl TapeSpec {
-    /// The training tape of a config: batch `training.batchsize`, the training stream of the
-    /// prior, the first epoch's learning rate.
+    /// The training tape of a config: its batch size, the training stream of the prior, the
+    /// first epoch's learning rate.
     pub fn training(cfg: &crate::config::Config) -> TapeSpec {
         TapeSpec {
             flow: FlowSpec::from_config(cfg),
@@ -103,11 +101,10 @@ impl TapeSpec {
             mode: Mode::Train,
             prior: cfg.training.prior.clone(),
             seed: cfg.training.seed,
-            stream: crate::kernels::prior::stream::TRAIN,
+            stream: crate::rng::stream::TRAIN,
             m2: cfg.physical.m2,
             lam: cfg.physical.lam,
             lr: cfg.lr(1),
-            batch_key: "training.batchsize",
             fusion: Fusion::Auto,
         }
     }
@@ -120,10 +117,8 @@ pub enum Op {
     Coupling(Coupling),
     Action(Action),
     Loss(Dispatch),
-    /// A coupling layer whose forward is one dispatch. Its backward is the layer's own (one
-    /// dispatch and a reduction) where that fits, else that of the unfused ops it replaces,
-    /// kept in `parts` in forward order (empty otherwise).
-    Layer(CouplingLayer, Vec<Op>),
+    /// A whole coupling layer: one dispatch forward, one and a reduction backward.
+    Layer(CouplingLayer),
 }
 
 impl Op {
@@ -139,7 +134,7 @@ impl Op {
                 &a.action
             }],
             Op::Loss(d) => vec![d],
-            Op::Layer(fused, _) => vec![&fused.forward],
+            Op::Layer(layer) => vec![&layer.forward],
         }
     }
 
@@ -147,8 +142,7 @@ impl Op {
         match self {
             Op::Conv(c) => c.backward.iter().collect(),
             Op::Coupling(c) => c.backward.iter().collect(),
-            Op::Layer(fused, parts) if parts.is_empty() => fused.backward.iter().collect(),
-            Op::Layer(_, parts) => parts.iter().rev().flat_map(|op| op.backward()).collect(),
+            Op::Layer(layer) => layer.backward.iter().collect(),
             // Prior: z is not differentiated. Action, Loss: fused into their forwards.
             Op::Prior(_) | Op::Action(_) | Op::Loss(_) => vec![],
         }
@@ -161,7 +155,7 @@ impl Op {
             Op::Coupling(_) => "coupling",
             Op::Action(_) => "action",
             Op::Loss(_) => "loss",
-            Op::Layer(..) => "coupling layer",
+            Op::Layer(_) => "coupling layer",
         }
     }
 }
@@ -169,26 +163,23 @@ impl Op {
 /// Allocates buffers and keeps the list for `--dry-run` and `bench`.
 struct Planner<'a> {
     gpu: &'a Gpu,
-    batch_key: &'static str,
     list: Vec<(String, u64)>,
 }
 
 impl Planner<'_> {
     fn f32(&mut self, label: String, len: usize) -> Result<GpuBuffer> {
-        let b = self.gpu.storage(&label, len).with_context(|| {
-            format!(
-                "planning the buffers; lower {} or the lattice",
-                self.batch_key
-            )
-        })?;
+        let b = self
+            .gpu
+            .storage(&label, len)
+            .context("planning the buffers; lower the batch or the lattice")?;
         self.list.push((label, b.size));
         Ok(b)
     }
 }
 
 /// Before building anything, check the largest buffers against the adapter's limits, so that a
-/// config too big for the device is a message naming the limit and the field to lower, not an
-/// out-of-memory crash while building the tables.
+/// model too big for the device is a message naming the limit and what to lower, not an
+/// out-of-memory crash while building the tables. (Callers add which setting gave the batch.)
 fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
     let flow = &spec.flow;
     let v = flow.lattice.volume() as u64;
@@ -201,22 +192,22 @@ fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
     let activation = 4 * spec.batch as u64 * widest * v;
     if activation > max {
         anyhow::bail!(
-            "one activation buffer (batch {} x {} channels x {} sites) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower {}, physical.L or model.hidden_sizes",
+            "one activation buffer (batch {} x {} channels x {} sites) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower the batch, the lattice size L or the hidden widths",
             spec.batch,
             widest,
             v,
             mib(activation),
             mib(max),
-            gpu.info.name,
-            spec.batch_key
+            gpu.info.name
         );
     }
-    let table = 4 * v * flow.taps() as u64;
+    let taps = flow.blocks().map(|c| c.n_taps).max().unwrap_or(1);
+    let table = 4 * v * taps as u64;
     if table > max {
         anyhow::bail!(
-            "the neighbour table ({} sites x {} taps) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower physical.L or model.kernel_size",
+            "the neighbour table ({} sites x {} taps) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower the lattice size L or the kernel size",
             v,
-            flow.taps(),
+            taps,
             mib(table),
             mib(max),
             gpu.info.name
@@ -225,12 +216,368 @@ fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
     let groups = gpu.limits.max_compute_workgroups_per_dimension as usize;
     if spec.batch > groups {
         anyhow::bail!(
-            "{} = {} exceeds this adapter's max_compute_workgroups_per_dimension = {groups}",
-            spec.batch_key,
+            "a batch of {} exceeds this adapter's max_compute_workgroups_per_dimension = {groups}",
             spec.batch
         );
     }
     Ok(())
+}
+
+/// How one coupling layer runs, decided once per layer when the tape is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exec {
+    /// One dispatch forward and, in training, one and a reduction backward
+    /// (`kernels::coupling_layer`).
+    Whole,
+    /// One launch per convolution and one for the coupling, each way.
+    PerKernel,
+}
+
+/// The whole-layer kernel's description of layer `l`.
+fn layer_spec(spec: &TapeSpec, l: usize) -> CouplingLayerSpec {
+    CouplingLayerSpec {
+        batch: spec.batch,
+        volume: spec.flow.lattice.volume(),
+        net: spec.flow.nets[l].clone(),
+        train: spec.mode == Mode::Train,
+        gpu_tiling: false,
+    }
+}
+
+/// Layer `l` runs whole where `Fusion` wants it, the whole-layer kernel knows the layer's
+/// blocks, and its workgroup memory, uniform bindings and (training) its backward and
+/// activation buffer fit the adapter; otherwise per kernel. Any block or coupling kind the
+/// whole-layer kernel does not know thus runs per kernel.
+fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec {
+    let ls = layer_spec(spec, l);
+    let max_binding = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let (_, h_len) = activation_offsets(
+        spec.batch,
+        spec.flow.lattice.volume(),
+        &spec.flow.nets[l].channels(),
+    );
+    let whole = spec.fusion.wanted(gpu, spec)
+        && params.usage.contains(Usage::UNIFORM)
+        && ls.unfusable(gpu).is_none()
+        && (!ls.train
+            || (ls.backward_unfusable(gpu).is_none() && (4 * h_len) as u64 <= max_binding));
+    if whole { Exec::Whole } else { Exec::PerKernel }
+}
+
+/// Convolution `j` of layer `l` as the per-kernel path launches it: its shape, its tiling on
+/// this adapter, where its weights are and what its input-gradient epilogue does. One place
+/// decides these for both the buffer plan (the partial sums' size) and the wiring.
+fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
+    let net = &spec.flow.nets[l];
+    let c = &net.convs[j];
+    let dims = ConvDims {
+        batch: spec.batch,
+        volume: spec.flow.lattice.volume(),
+        taps: c.n_taps,
+        cin: c.cin,
+        cout: c.cout,
+    };
+    let input_grad = match (j, l) {
+        // Layer 0's input is the prior sample: nothing to differentiate.
+        (0, 0) => InputGrad::Skip,
+        // The first convolution reads mask * x: its input gradient adds into dL/dx.
+        (0, _) => InputGrad::AddMasked,
+        _ => InputGrad::TimesActGrad(net.convs[j - 1].act),
+    };
+    ConvSpec {
+        dims,
+        taps: c.taps.clone(),
+        act: c.act,
+        in_mask: j == 0,
+        parity: net.parity,
+        w_off: c.offset,
+        input_grad,
+        tiling: ConvTiling::for_adapter(&dims, c.taps.row(), gpu.is_software()),
+    }
+}
+
+/// One coupling layer's activations: each convolution's output (the last is the net's output,
+/// which the coupling reads). A whole layer keeps them in one buffer (`activation_offsets`), of
+/// which these are views; an inference whole layer keeps them in workgroup memory and binds a
+/// placeholder.
+struct Activations {
+    whole: Option<GpuBuffer>,
+    convs: Vec<GpuBuffer>,
+}
+
+/// The backward's buffers.
+struct GradBuffers {
+    /// The parameter gradient and Adam's moments, laid out as the parameters.
+    grads: GpuBuffer,
+    adam_m: GpuBuffer,
+    adam_v: GpuBuffer,
+    /// dL/dx of the flow's inputs: two buffers alternate, layer l reading dL/dy from
+    /// `gx[(l + 1) % 2]` and writing dL/dx into `gx[l % 2]`.
+    gx: [GpuBuffer; 2],
+    /// Per-kernel layers: each convolution's output gradient, by depth (reused by every layer).
+    gh: Vec<GpuBuffer>,
+    /// Weight-gradient partial sums (the largest any layer needs).
+    partial: GpuBuffer,
+}
+
+/// Every buffer of a tape, sized and named in one place.
+struct Buffers {
+    lattice: LatticeBuffers,
+    /// Inputs of each coupling and phi: x[0] = z, phi = x[n_layers] (Train); in Infer two
+    /// buffers alternate and phi is x[n_layers % 2].
+    x: Vec<GpuBuffer>,
+    /// Layer l's activations (Infer: layers share them).
+    acts: Vec<Activations>,
+    logq: GpuBuffer,
+    action: GpuBuffer,
+    metrics: GpuBuffer,
+    /// dL/dlog q per sample (written by the loss kernel).
+    glogq: GpuBuffer,
+    grad: Option<GradBuffers>,
+}
+
+impl Buffers {
+    /// The input and output of coupling `l`.
+    fn io(&self, train: bool, l: usize) -> (&GpuBuffer, &GpuBuffer) {
+        if train {
+            (&self.x[l], &self.x[l + 1])
+        } else {
+            (&self.x[l % 2], &self.x[(l + 1) % 2])
+        }
+    }
+
+    /// phi, the output of the last of `n_layers` couplings.
+    fn phi(&self, train: bool, n_layers: usize) -> &GpuBuffer {
+        &self.x[if train { n_layers } else { n_layers % 2 }]
+    }
+
+    /// Plan every buffer for `spec` with layer l running as `exec[l]`.
+    fn plan(gpu: &Gpu, spec: &TapeSpec, exec: &[Exec], pl: &mut Planner) -> Result<Buffers> {
+        let flow = &spec.flow;
+        let (b, v) = (spec.batch, flow.lattice.volume());
+        let train = spec.mode == Mode::Train;
+        let lattice = LatticeBuffers::new(gpu, flow.lattice, &flow.tap_sets())?;
+        for (_, t) in &lattice.tables {
+            pl.list.push(("neighbour table".into(), t.size));
+        }
+        pl.list.push(("parity table".into(), lattice.parity.size));
+        pl.list.push(("hop table".into(), lattice.hop.size));
+
+        let n_x = if train { flow.n_layers + 1 } else { 2 };
+        let x = (0..n_x)
+            .map(|i| pl.f32(format!("x[{i}]"), b * v))
+            .collect::<Result<_>>()?;
+
+        // Activations: training keeps every layer's for the backward; inference shares one
+        // set between the per-kernel layers and a placeholder between the whole ones.
+        let per_kernel_set = |pl: &mut Planner, name: &str, l: usize| -> Result<Activations> {
+            let convs = flow.nets[l].convs.iter().enumerate();
+            Ok(Activations {
+                whole: None,
+                convs: convs
+                    .map(|(j, c)| pl.f32(format!("{name}[{j}]"), b * c.cout * v))
+                    .collect::<Result<_>>()?,
+            })
+        };
+        let mut shared: Option<Activations> = None;
+        let mut placeholder: Option<GpuBuffer> = None;
+        let mut acts = Vec::with_capacity(flow.n_layers);
+        for (l, e) in exec.iter().enumerate() {
+            let a = match (*e, train) {
+                (Exec::Whole, true) => {
+                    let ch = flow.nets[l].channels();
+                    let (off, len) = activation_offsets(b, v, &ch);
+                    let buf = pl.f32(format!("h[{l}]"), len)?;
+                    Activations {
+                        convs: (0..ch.len() - 1)
+                            .map(|j| buf.range(4 * off[j] as u64, (4 * b * ch[j + 1] * v) as u64))
+                            .collect(),
+                        whole: Some(buf),
+                    }
+                }
+                (Exec::PerKernel, true) => per_kernel_set(pl, &format!("h[{l}]"), l)?,
+                (Exec::Whole, false) => {
+                    if placeholder.is_none() {
+                        placeholder = Some(pl.f32("unused activations".into(), 1)?);
+                    }
+                    Activations {
+                        whole: placeholder.clone(),
+                        convs: vec![],
+                    }
+                }
+                (Exec::PerKernel, false) => {
+                    if shared.is_none() {
+                        shared = Some(per_kernel_set(pl, "h", l)?);
+                    }
+                    let s = shared.as_ref().unwrap();
+                    Activations {
+                        whole: None,
+                        convs: s.convs.clone(),
+                    }
+                }
+            };
+            acts.push(a);
+        }
+        let logq = pl.f32("log q".into(), b)?;
+        let action = pl.f32("S".into(), b)?;
+        let metrics = pl.f32("metrics".into(), reduce::METRICS)?;
+        let glogq = pl.f32("dL/dlog q".into(), b)?;
+
+        let grad = if train {
+            let np = flow.param_len;
+            // Each depth's output gradient, as wide as the widest per-kernel layer needs.
+            let mut gh_len: Vec<usize> = vec![];
+            let mut partial_len = 1;
+            for (l, e) in exec.iter().enumerate() {
+                match e {
+                    Exec::Whole => {
+                        partial_len = partial_len.max(layer_spec(spec, l).partial_len(gpu))
+                    }
+                    Exec::PerKernel => {
+                        for (j, c) in flow.nets[l].convs.iter().enumerate() {
+                            if gh_len.len() <= j {
+                                gh_len.push(0);
+                            }
+                            gh_len[j] = gh_len[j].max(b * c.cout * v);
+                            partial_len = partial_len.max(conv_spec(gpu, spec, l, j).partial_len());
+                        }
+                    }
+                }
+            }
+            Some(GradBuffers {
+                grads: pl.f32("gradient".into(), np)?,
+                adam_m: pl.f32("Adam m".into(), np)?,
+                adam_v: pl.f32("Adam v".into(), np)?,
+                gx: [
+                    pl.f32("dL/dx (even)".into(), b * v)?,
+                    pl.f32("dL/dx (odd)".into(), b * v)?,
+                ],
+                gh: gh_len
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &n)| pl.f32(format!("dL/dh[{j}]"), n))
+                    .collect::<Result<_>>()?,
+                partial: pl.f32("weight-gradient partials".into(), partial_len)?,
+            })
+        } else {
+            None
+        };
+        Ok(Buffers {
+            lattice,
+            x,
+            acts,
+            logq,
+            action,
+            metrics,
+            glogq,
+            grad,
+        })
+    }
+}
+
+/// Layer `l` as one whole-layer op.
+fn wire_whole(
+    gpu: &Gpu,
+    spec: &TapeSpec,
+    buf: &Buffers,
+    params: &GpuBuffer,
+    l: usize,
+) -> Result<Op> {
+    let (x, y) = buf.io(spec.mode == Mode::Train, l);
+    let grad = buf.grad.as_ref().map(|g| CouplingLayerGrads {
+        gy: &g.gx[(l + 1) % 2],
+        gx: &g.gx[l % 2],
+        glogq: &buf.glogq,
+        partial: &g.partial,
+        grads: &g.grads,
+    });
+    let layer = CouplingLayer::new(
+        gpu,
+        layer_spec(spec, l),
+        &CouplingLayerBuffers {
+            lattice: &buf.lattice,
+            params,
+            x,
+            y,
+            logq: &buf.logq,
+            h: buf.acts[l]
+                .whole
+                .as_ref()
+                .expect("a whole layer's activation buffer"),
+            grad,
+        },
+    )?;
+    anyhow::ensure!(
+        layer.backward.is_empty() == buf.grad.is_none(),
+        "coupling layer {l}: its backward does not match the plan"
+    );
+    Ok(Op::Layer(layer))
+}
+
+/// Layer `l` as one op per convolution and one for the coupling. The last convolution's output
+/// gradient is the coupling's dL/d(net output); the first one's input gradient adds into the
+/// coupling input's dL/dx.
+fn wire_per_kernel(
+    gpu: &Gpu,
+    spec: &TapeSpec,
+    buf: &Buffers,
+    params: &GpuBuffer,
+    l: usize,
+) -> Result<Vec<Op>> {
+    let net = &spec.flow.nets[l];
+    let (x, y) = buf.io(spec.mode == Mode::Train, l);
+    let hs = &buf.acts[l].convs;
+    let mut ops = Vec::with_capacity(net.convs.len() + 1);
+    for j in 0..net.convs.len() {
+        let grad = buf.grad.as_ref().map(|g| ConvGrads {
+            grads: &g.grads,
+            gy: &g.gh[j],
+            gx: if j == 0 { &g.gx[l % 2] } else { &g.gh[j - 1] },
+            partial: &g.partial,
+        });
+        let conv = Conv::new(
+            gpu,
+            conv_spec(gpu, spec, l, j),
+            &ConvBuffers {
+                lattice: &buf.lattice,
+                params,
+                x: if j == 0 { x } else { &hs[j - 1] },
+                y: &hs[j],
+                grad,
+            },
+        )?;
+        ops.push(Op::Conv(conv));
+    }
+    let out = hs.last().expect("a net has a convolution");
+    let coupling = match net.coupling {
+        CouplingKind::Affine => Coupling::new(
+            gpu,
+            CouplingSpec {
+                batch: spec.batch,
+                volume: spec.flow.lattice.volume(),
+                parity: net.parity,
+                final_act: net.final_act(),
+            },
+            &CouplingBuffers {
+                lattice: &buf.lattice,
+                x,
+                st: out,
+                y,
+                logq: &buf.logq,
+                grad: buf.grad.as_ref().map(|g| CouplingGrads {
+                    gy: &g.gx[(l + 1) % 2],
+                    gx: &g.gx[l % 2],
+                    gst: g.gh.last().expect("a net has a convolution"),
+                    glogq: &buf.glogq,
+                }),
+            },
+        )?,
+    };
+    ops.push(Op::Coupling(coupling));
+    Ok(ops)
 }
 
 /// A planned and recorded flow on one device.
@@ -252,6 +599,8 @@ pub struct Tape {
     pub grads: Option<GpuBuffer>,
     pub adam_m: Option<GpuBuffer>,
     pub adam_v: Option<GpuBuffer>,
+    /// How each coupling layer runs.
+    pub exec: Vec<Exec>,
     pub ops: Vec<Op>,
     pub adam: Option<Adam>,
     /// Every buffer this tape allocated (label, bytes), for the plan printout.
@@ -262,147 +611,17 @@ impl Tape {
     /// Plan buffers and record every op. `params` is the model's parameter buffer; a training
     /// tape also creates the gradient and Adam's moments.
     pub fn new(gpu: &Gpu, spec: TapeSpec, params: &GpuBuffer, counter: &GpuBuffer) -> Result<Tape> {
-        let flow = &spec.flow;
-        let lat = flow.lattice;
-        let v = lat.volume();
-        let b = spec.batch;
-        let train = spec.mode == Mode::Train;
         check_limits(gpu, &spec)?;
-        let mut pl = Planner {
-            gpu,
-            batch_key: spec.batch_key,
-            list: vec![],
-        };
-        let lattice = LatticeBuffers::new(gpu, lat, flow.kernel_size)?;
-        for (label, buf) in [
-            ("neighbour table", &lattice.nbr),
-            ("parity table", &lattice.parity),
-            ("hop table", &lattice.hop),
-        ] {
-            pl.list.push((label.into(), buf.size));
-        }
-        let channels = flow.channels();
-        let n_convs = channels.len() - 1;
-        // Each convolution's shape and its tiling for this adapter (one place decides both
-        // the partial-sum scratch below and the kernels).
-        let dims_of = |cin: usize, cout: usize| ConvDims {
-            batch: b,
-            volume: v,
-            taps: flow.taps(),
-            cin,
-            cout,
-        };
-        let tiling_of = |cin: usize, cout: usize| {
-            ConvTiling::for_adapter(&dims_of(cin, cout), flow.kernel_size, gpu.is_software())
-        };
+        let flow = &spec.flow;
+        let (b, v) = (spec.batch, flow.lattice.volume());
+        let train = spec.mode == Mode::Train;
+        let exec: Vec<Exec> = (0..flow.n_layers)
+            .map(|l| choose_exec(gpu, &spec, params, l))
+            .collect();
+        let mut pl = Planner { gpu, list: vec![] };
+        let buf = Buffers::plan(gpu, &spec, &exec, &mut pl)?;
 
-        // Activations. Train keeps everything the backward reads; Infer reuses one set.
-        let n_x = if train { flow.n_layers + 1 } else { 2 };
-        let x: Vec<GpuBuffer> = (0..n_x)
-            .map(|i| pl.f32(format!("x[{i}]"), b * v))
-            .collect::<Result<_>>()?;
-        // One dispatch per coupling layer where the net's shape and the adapter allow (all
-        // layers have the same shape, so layer 0 decides). Training then keeps each layer's
-        // activations in one buffer, segment by segment (`activation_offsets`); inference keeps
-        // them in workgroup memory only.
-        let layer_spec = |l: usize| CouplingLayerSpec {
-            batch: b,
-            volume: v,
-            taps: flow.taps(),
-            kernel_size: flow.kernel_size,
-            convs: flow.convs(l),
-            parity: flow.parity(l),
-            train,
-            gpu_tiling: false,
-        };
-        let (h_off, h_len) = activation_offsets(b, v, &channels);
-        let max_binding = gpu
-            .limits
-            .max_storage_buffer_binding_size
-            .min(gpu.limits.max_buffer_size);
-        let fused = spec.fusion.wanted(gpu, &spec)
-            && flow.n_layers > 0
-            && params.usage.contains(crate::gpu::Usage::UNIFORM)
-            && layer_spec(0).unfusable(gpu).is_none()
-            && (!train || (4 * h_len) as u64 <= max_binding);
-        // Whole layers both ways: no per-convolution gradient buffers are needed.
-        let whole = fused && train && layer_spec(0).backward_unfusable(gpu).is_none();
-        let sets = match (train, fused) {
-            (true, _) => flow.n_layers,
-            (false, true) => 0,
-            (false, false) => 1,
-        };
-        let (h, h_layer): (Vec<Vec<GpuBuffer>>, Vec<GpuBuffer>) = if fused {
-            let bufs = (0..sets)
-                .map(|l| pl.f32(format!("h[{l}]"), h_len))
-                .collect::<Result<Vec<_>>>()?;
-            let views = bufs
-                .iter()
-                .map(|buf| {
-                    (0..n_convs)
-                        .map(|j| {
-                            buf.range(4 * h_off[j] as u64, (4 * b * channels[j + 1] * v) as u64)
-                        })
-                        .collect()
-                })
-                .collect();
-            (views, bufs)
-        } else {
-            let h = (0..sets)
-                .map(|l| {
-                    (0..n_convs)
-                        .map(|j| pl.f32(format!("h[{l}][{j}]"), b * channels[j + 1] * v))
-                        .collect()
-                })
-                .collect::<Result<_>>()?;
-            (h, vec![])
-        };
-        let unused = if sets == 0 {
-            Some(pl.f32("unused activations".into(), 1)?)
-        } else {
-            None
-        };
-        let logq = pl.f32("log q".into(), b)?;
-        let action_buf = pl.f32("S".into(), b)?;
-        let metrics = pl.f32("metrics".into(), reduce::METRICS)?;
-        let glogq = pl.f32("dL/dlog q".into(), b)?;
-
-        // Gradients: the flow input's two alternating buffers, one per net depth (reused by
-        // every layer), the net output's, the weight-gradient scratch.
-        let (grads, adam_m, adam_v, gx, gh, partial) = if train {
-            let np = flow.param_len();
-            let per_kernel = channels
-                .windows(2)
-                .map(|w| {
-                    let dims = dims_of(w[0], w[1]);
-                    dims.batch.div_ceil(tiling_of(w[0], w[1]).chunk) * dims.n_params()
-                })
-                .max()
-                .unwrap_or(1);
-            let partial_len = match (fused, whole) {
-                (_, true) => layer_spec(0).partial_len(gpu),
-                (true, false) => per_kernel.max(layer_spec(0).partial_len(gpu)),
-                (false, _) => per_kernel,
-            };
-            (
-                Some(pl.f32("gradient".into(), np)?),
-                Some(pl.f32("Adam m".into(), np)?),
-                Some(pl.f32("Adam v".into(), np)?),
-                vec![
-                    pl.f32("dL/dx (even)".into(), b * v)?,
-                    pl.f32("dL/dx (odd)".into(), b * v)?,
-                ],
-                (0..if whole { 0 } else { n_convs })
-                    .map(|j| pl.f32(format!("dL/dh[{j}]"), b * channels[j + 1] * v))
-                    .collect::<Result<Vec<_>>>()?,
-                Some(pl.f32("weight-gradient partials".into(), partial_len)?),
-            )
-        } else {
-            (None, None, None, vec![], vec![], None)
-        };
-
-        let mut ops = Vec::new();
-        ops.push(Op::Prior(Prior::new(
+        let mut ops = vec![Op::Prior(Prior::new(
             gpu,
             PriorSpec {
                 batch: b,
@@ -412,144 +631,23 @@ impl Tape {
                 kind: spec.prior.clone(),
             },
             counter,
-            &x[0],
-            &logq,
-        )?));
-
-        for l in 0..flow.n_layers {
-            let parity = flow.parity(l);
-            let (xin, xout) = if train {
-                (&x[l], &x[l + 1])
-            } else {
-                (&x[l % 2], &x[(l + 1) % 2])
-            };
-            if fused {
-                // The layer's forward as one dispatch, and its backward where that fits too;
-                // otherwise the unfused ops below supply the backward.
-                let hbuf = h_layer.get(l).or(unused.as_ref()).unwrap();
-                let grad = train.then(|| CouplingLayerGrads {
-                    gy: &gx[(l + 1) % 2],
-                    gx: &gx[l % 2],
-                    glogq: &glogq,
-                    partial: partial.as_ref().unwrap(),
-                    grads: grads.as_ref().unwrap(),
-                });
-                let layer = CouplingLayer::new(
-                    gpu,
-                    layer_spec(l),
-                    &CouplingLayerBuffers {
-                        lattice: &lattice,
-                        params,
-                        x: xin,
-                        y: xout,
-                        logq: &logq,
-                        h: hbuf,
-                        grad,
-                    },
-                )?;
-                // The plan above (no per-convolution gradient buffers) assumed this.
-                let has_backward = !layer.backward.is_empty();
-                anyhow::ensure!(
-                    whole == has_backward,
-                    "coupling layer {l}: its backward does not match the plan"
-                );
-                ops.push(Op::Layer(layer, vec![]));
-                if !train || whole {
-                    continue;
-                }
-            }
-            let mut layer_ops = Vec::new();
-            let hs = &h[if train { l } else { 0 }];
-            let convs = flow.convs(l);
-            for (j, c) in convs.iter().enumerate() {
-                let first = j == 0;
-                let input = if first { xin } else { &hs[j - 1] };
-                let input_grad = if first {
-                    // Layer 0's input is the prior sample: nothing to differentiate.
-                    if l == 0 {
-                        InputGrad::Skip
-                    } else {
-                        InputGrad::AddMasked
-                    }
-                } else {
-                    InputGrad::TimesActGrad(convs[j - 1].act)
-                };
-                let cspec = ConvSpec {
-                    dims: dims_of(c.cin, c.cout),
-                    act: c.act,
-                    in_mask: first,
-                    parity,
-                    w_off: c.offset,
-                    input_grad,
-                    tiling: tiling_of(c.cin, c.cout),
-                };
-                // Gradient wiring: the last convolution's output gradient is the coupling's
-                // dL/dst (gh's last entry); the first one's input gradient is the coupling input's.
-                let grad = if train {
-                    Some(ConvGrads {
-                        grads: grads.as_ref().unwrap(),
-                        gy: &gh[j],
-                        gx: if first { &gx[l % 2] } else { &gh[j - 1] },
-                        partial: partial.as_ref().unwrap(),
-                    })
-                } else {
-                    None
-                };
-                let conv = Conv::new(
-                    gpu,
-                    cspec,
-                    &ConvBuffers {
-                        lattice: &lattice,
-                        params,
-                        x: input,
-                        y: &hs[j],
-                        grad,
-                    },
-                )?;
-                layer_ops.push(Op::Conv(conv));
-            }
-            let grad = if train {
-                Some(CouplingGrads {
-                    gy: &gx[(l + 1) % 2],
-                    gx: &gx[l % 2],
-                    gst: &gh[n_convs - 1],
-                    glogq: &glogq,
-                })
-            } else {
-                None
-            };
-            layer_ops.push(Op::Coupling(Coupling::new(
-                gpu,
-                CouplingSpec {
-                    batch: b,
-                    volume: v,
-                    parity,
-                    final_act: flow.final_act(),
-                },
-                &CouplingBuffers {
-                    lattice: &lattice,
-                    x: xin,
-                    st: &hs[n_convs - 1],
-                    y: xout,
-                    logq: &logq,
-                    grad,
-                },
-            )?));
-            match ops.last_mut() {
-                Some(Op::Layer(_, parts)) if fused => *parts = layer_ops,
-                _ => ops.extend(layer_ops),
+            &buf.x[0],
+            &buf.logq,
+        )?)];
+        for (l, e) in exec.iter().enumerate() {
+            match e {
+                Exec::Whole => ops.push(wire_whole(gpu, &spec, &buf, params, l)?),
+                Exec::PerKernel => ops.extend(wire_per_kernel(gpu, &spec, &buf, params, l)?),
             }
         }
-
-        let phi = if train {
-            &x[flow.n_layers]
-        } else {
-            &x[flow.n_layers % 2]
-        };
+        let phi = buf.phi(train, flow.n_layers);
         // dL/dphi goes where the last coupling's backward reads dL/dy. Inference never runs
         // action_grad, so its (never written) gradient target may be phi itself.
-        let gphi = if train { &gx[flow.n_layers % 2] } else { phi };
-        let action = Action::new(
+        let gphi = match &buf.grad {
+            Some(g) => &g.gx[flow.n_layers % 2],
+            None => phi,
+        };
+        ops.push(Op::Action(Action::new(
             gpu,
             ActionSpec {
                 batch: b,
@@ -557,65 +655,68 @@ impl Tape {
                 lam: spec.lam,
                 scale: 1.0 / b as f64,
             },
-            &lattice,
+            &buf.lattice,
             phi,
-            &action_buf,
+            &buf.action,
             gphi,
-        )?;
-        ops.push(Op::Action(action));
+        )?));
         ops.push(Op::Loss(reduce::loss(
             gpu,
             b,
-            &logq,
-            &action_buf,
-            &metrics,
-            &glogq,
+            &buf.logq,
+            &buf.action,
+            &buf.metrics,
+            &buf.glogq,
         )?));
-
-        let adam = if train {
-            Some(Adam::new(
+        let adam = match &buf.grad {
+            Some(g) => Some(Adam::new(
                 gpu,
-                AdamSpec::new(flow.param_len(), spec.lr),
+                AdamSpec::new(flow.param_len, spec.lr),
                 counter,
                 params,
-                grads.as_ref().unwrap(),
-                adam_m.as_ref().unwrap(),
-                adam_v.as_ref().unwrap(),
-            )?)
-        } else {
-            None
+                &g.grads,
+                &g.adam_m,
+                &g.adam_v,
+            )?),
+            None => None,
         };
         gpu.check()?;
+        let (grads, adam_m, adam_v) = match buf.grad {
+            Some(g) => (Some(g.grads), Some(g.adam_m), Some(g.adam_v)),
+            None => (None, None, None),
+        };
         Ok(Tape {
-            lattice,
+            lattice: buf.lattice,
             params: params.clone(),
             counter: counter.clone(),
-            logq,
-            action: action_buf,
-            metrics,
+            x: buf.x,
+            logq: buf.logq,
+            action: buf.action,
+            metrics: buf.metrics,
             grads,
             adam_m,
             adam_v,
+            exec,
             ops,
             adam,
             buffers: pl.list,
-            x,
             spec,
         })
     }
 
     /// Whether the coupling layers run as whole-layer dispatches (`Fusion`).
     pub fn fused_layers(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op, Op::Layer(..)))
+        self.exec.contains(&Exec::Whole)
     }
 
     /// The buffer holding phi after the forward.
     pub fn phi(&self) -> &GpuBuffer {
-        if self.spec.mode == Mode::Train {
-            &self.x[self.spec.flow.n_layers]
+        let n = self.spec.flow.n_layers;
+        &self.x[if self.spec.mode == Mode::Train {
+            n
         } else {
-            &self.x[self.spec.flow.n_layers % 2]
-        }
+            n % 2
+        }]
     }
 
     /// Every dispatch of one step in order: forward, backward in reverse, Adam, counter.

@@ -7,12 +7,12 @@ use crate::config::Config;
 use crate::files::{ensure_dir, write_atomic};
 use crate::flow::FlowSpec;
 use crate::gpu::{Gpu, GpuBuffer};
-use crate::kernels::prior::stream;
 use crate::kernels::reduce::{METRICS, reference::ess_per_sample};
 use crate::mcmc::MhChain;
 use crate::plots::{self, Panel};
 use crate::proposals::Proposer;
 use crate::rng::Philox;
+use crate::rng::stream;
 use crate::tape::{Tape, TapeSpec};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -102,6 +102,14 @@ pub enum Outcome {
     Interrupted {
         step: u64,
     },
+}
+
+/// What a training tape that does not fit the adapter says it was planning.
+pub fn training_batch(cfg: &Config) -> String {
+    format!(
+        "planning a training batch of {} (training.batchsize)",
+        cfg.training.batchsize
+    )
 }
 
 /// Measure loss, ESS and MH acceptance on `n` fresh proposals drawn with indices from `first`.
@@ -250,7 +258,8 @@ pub fn train(
     // The model and both tapes, planned once.
     let params = gpu.upload_params(&ck.params)?;
     let counter = gpu.upload("step counter", &[ck.step as u32, 0, 0, 0])?;
-    let mut tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)?;
+    let mut tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)
+        .with_context(|| training_batch(cfg))?;
     if let Some((m, v)) = &ck.adam {
         gpu.write(tape.adam_m.as_ref().unwrap(), m);
         gpu.write(tape.adam_v.as_ref().unwrap(), v);
@@ -392,7 +401,7 @@ pub fn train(
             eval_draw(epoch, eval_batches),
             t.eval_samples,
             t.seed,
-            0x1000 + epoch as u32,
+            stream::EVAL_MH + epoch as u32,
         )?;
         let v = flow.lattice.volume() as f64;
         let row = Row {
@@ -435,7 +444,7 @@ pub fn train(
         0x8000_0000,
         FINAL_EVAL_SAMPLES.max(t.eval_samples),
         t.seed,
-        0x0F1A,
+        stream::FINAL_EVAL_MH,
     )?;
     let summary = serde_json::json!({
         "adapter": gpu.describe(),

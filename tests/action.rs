@@ -20,7 +20,7 @@ fn run(nd: usize, l: usize, m2: f64, lam: f64, seed: u64) {
     let mut r = rng(seed);
     let phi = rounded(&uniform(&mut r, batch * v, -2.0, 2.0));
     let scale = 0.25;
-    let lb = LatticeBuffers::new(g, lat, 3).unwrap();
+    let lb = LatticeBuffers::new(g, lat, &[]).unwrap();
     let (bphi, bs, bgrad, bs2) = (
         upload("phi", &phi),
         g.storage("S", batch).unwrap(),
@@ -94,7 +94,7 @@ fn action_constant_field() {
     let lat = Lattice::new(2, 4);
     let v = lat.volume();
     let c = 0.5;
-    let lb = LatticeBuffers::new(g, lat, 3).unwrap();
+    let lb = LatticeBuffers::new(g, lat, &[]).unwrap();
     let phi = vec![c; v];
     let (bphi, bs, bg) = (
         upload("phi", &phi),

@@ -7,6 +7,7 @@
 
 mod common;
 use common::*;
+use gomaflow_wgpu::flow::Taps;
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, ConvTiling, InputGrad, reference,
 };
@@ -67,9 +68,10 @@ fn run(c: &Case, seed: u64) {
         x.clone()
     };
 
+    let window = Taps::Window { k: c.k };
     let layer = reference::Layer {
         lattice: &lat,
-        k: c.k,
+        taps: &window,
         batch,
         cin: c.cin,
         cout: c.cout,
@@ -94,10 +96,11 @@ fn run(c: &Case, seed: u64) {
     // GPU, with one and with two samples per thread (batch 3: the last block is partial), and
     // with the weights read through storage and through a uniform binding (w_off = 64 is
     // aligned for it, w_off = 5 is not).
-    let lb = LatticeBuffers::new(g, lat, c.k).unwrap();
+    let lb = LatticeBuffers::new(g, lat, std::slice::from_ref(&window)).unwrap();
     for (nb, w_off, ubo) in [(1, 5, false), (2, 64, true), (1, 64, true)] {
         let spec = ConvSpec {
             dims,
+            taps: window.clone(),
             act: c.act,
             in_mask: c.in_mask,
             parity,

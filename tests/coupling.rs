@@ -33,7 +33,7 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
     let glogq = rounded(&uniform(&mut r, batch, -1.0, 1.0));
     let mask = lat.mask(parity);
 
-    let lb = LatticeBuffers::new(g, lat, 3).unwrap();
+    let lb = LatticeBuffers::new(g, lat, &[]).unwrap();
     let (bx, bst, by, blogq, bgy, bgx, bgst, bglogq) = (
         upload("x", &x),
         upload("st", &st),

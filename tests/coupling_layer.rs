@@ -16,18 +16,23 @@ use gomaflow_wgpu::kernels::LatticeBuffers;
 use gomaflow_wgpu::kernels::coupling_layer::{
     CouplingLayer, CouplingLayerBuffers, CouplingLayerGrads, CouplingLayerSpec, activation_offsets,
 };
-use gomaflow_wgpu::kernels::prior::stream;
 use gomaflow_wgpu::lattice::Lattice;
+use gomaflow_wgpu::rng::stream;
 use gomaflow_wgpu::tape::{Fusion, Mode, Tape, TapeSpec};
 
 fn flow(nd: usize, l: usize, hidden: Vec<usize>, k: usize, tanh: bool) -> FlowSpec {
-    FlowSpec {
-        lattice: Lattice::new(nd, l),
-        n_layers: 2,
-        hidden,
-        kernel_size: k,
-        final_tanh: tanh,
-    }
+    flow_layers(nd, l, 2, hidden, k, tanh)
+}
+
+fn flow_layers(
+    nd: usize,
+    l: usize,
+    n: usize,
+    hidden: Vec<usize>,
+    k: usize,
+    tanh: bool,
+) -> FlowSpec {
+    FlowSpec::new(Lattice::new(nd, l), n, hidden, k, tanh)
 }
 
 fn run(f: &FlowSpec, batch: usize, train: bool, seed: u64) {
@@ -57,7 +62,7 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
     let logq0 = rounded(&uniform(&mut r, batch, -10.0, 10.0));
     let want = reference::forward(f, &p, &x, &logq0);
 
-    let lb = LatticeBuffers::new(g, f.lattice, f.kernel_size).unwrap();
+    let lb = LatticeBuffers::new(g, f.lattice, &f.tap_sets()).unwrap();
     let params = g.upload_params(&f32s(&p)).unwrap();
     let xs = [
         upload("x0", &x),
@@ -80,14 +85,11 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
         upload("gy2", &gy2),
     ];
     let bglogq = upload("glogq", &glogq);
-    let grads = g.storage("grads", f.param_len()).unwrap();
+    let grads = g.storage("grads", f.param_len).unwrap();
     let spec_of = |l: usize| CouplingLayerSpec {
         batch,
         volume: v,
-        taps: f.taps(),
-        kernel_size: f.kernel_size,
-        convs: f.convs(l),
-        parity: f.parity(l),
+        net: f.nets[l].clone(),
         train,
         gpu_tiling,
     };
@@ -205,20 +207,17 @@ fn unequal_hidden_widths_are_not_fused() {
     let spec = CouplingLayerSpec {
         batch: 2,
         volume: 16,
-        taps: 9,
-        kernel_size: 3,
-        convs: f.convs(0),
-        parity: 0,
+        net: f.nets[0].clone(),
         train: false,
         gpu_tiling: false,
     };
     let why = spec.unfusable(gpu()).expect("[4, 3] must not fuse");
-    assert!(why.contains("hidden widths"), "{why}");
+    assert!(why.contains("[1, HID, ..., HID, 2]"), "{why}");
     // A lattice whose activations overflow workgroup memory: 2D L 32 with [8, 8].
     let f = flow(2, 32, vec![8, 8], 3, true);
     let spec = CouplingLayerSpec {
         volume: 1024,
-        convs: f.convs(0),
+        net: f.nets[0].clone(),
         ..spec
     };
     let why = spec.unfusable(gpu()).expect("L 32 must not fuse");
@@ -227,7 +226,7 @@ fn unequal_hidden_widths_are_not_fused() {
     let f = flow(2, 14, vec![8, 8], 3, true);
     let spec = CouplingLayerSpec {
         volume: 196,
-        convs: f.convs(0),
+        net: f.nets[0].clone(),
         ..spec
     };
     assert_eq!(spec.unfusable(gpu()), None);
@@ -242,10 +241,7 @@ fn unequal_hidden_widths_are_not_fused() {
 #[test]
 fn fused_and_unfused_tapes_agree() {
     let g = gpu();
-    let f = FlowSpec {
-        n_layers: 4,
-        ..flow(2, 8, vec![8, 8], 3, true)
-    };
+    let f = flow_layers(2, 8, 4, vec![8, 8], 3, true);
     let params = g.upload_params(&f.init_params(11)).unwrap();
     let mut out = vec![];
     for mode in [Mode::Infer, Mode::Train] {
@@ -263,7 +259,6 @@ fn fused_and_unfused_tapes_agree() {
                 m2: -4.0,
                 lam: 8.0,
                 lr: 0.0,
-                batch_key: "training.batchsize",
                 fusion,
             };
             let counter = g.upload("counter", &[0u32; 4]).unwrap();

@@ -228,13 +228,7 @@ fn fuzz_julia_parser() {
 }
 
 fn small_flow() -> FlowSpec {
-    FlowSpec {
-        lattice: Lattice::new(2, 4),
-        n_layers: 2,
-        hidden: vec![3],
-        kernel_size: 3,
-        final_tanh: true,
-    }
+    FlowSpec::new(Lattice::new(2, 4), 2, vec![3], 3, true)
 }
 
 #[test]
@@ -243,7 +237,7 @@ fn fuzz_checkpoint_loader() {
     let dir = std::env::temp_dir().join(format!("gomaflow-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good_path = dir.join("good.safetensors");
-    let n = flow.param_len();
+    let n = flow.param_len;
     checkpoint::save(
         &good_path,
         &flow,
@@ -305,7 +299,7 @@ fn fuzz_checkpoint_loader() {
 #[test]
 fn checkpoint_with_packed_adam_moments_loads() {
     let flow = small_flow();
-    assert!(flow.n_params() < flow.param_len(), "the test needs padding");
+    assert!(flow.n_params() < flow.param_len, "the test needs padding");
     let dir = std::env::temp_dir().join(format!("gomaflow-packed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("old.safetensors");
@@ -326,18 +320,15 @@ fn checkpoint_with_packed_adam_moments_loads() {
     .unwrap();
     let ck = checkpoint::load(&path, &flow, true).unwrap();
     let (m, v) = ck.adam.expect("moments kept");
-    assert_eq!(m.len(), flow.param_len());
+    assert_eq!(m.len(), flow.param_len);
     // Walk the aligned layout: each conv's slot holds the next run of packed values, then zeros.
     let mut next = 1.0f32;
-    let mut covered = vec![false; flow.param_len()];
-    for l in 0..flow.n_layers {
-        for c in flow.convs(l) {
-            let n = c.cout * c.cin * flow.taps() + c.cout;
-            for i in c.offset..c.offset + n {
-                assert_eq!((m[i], v[i]), (next, next * next), "index {i}");
-                covered[i] = true;
-                next += 1.0;
-            }
+    let mut covered = vec![false; flow.param_len];
+    for c in flow.blocks() {
+        for i in c.params() {
+            assert_eq!((m[i], v[i]), (next, next * next), "index {i}");
+            covered[i] = true;
+            next += 1.0;
         }
     }
     assert!(m.iter().zip(&covered).all(|(x, c)| *c || *x == 0.0));

@@ -1,5 +1,6 @@
 //! The lattice tables the shaders index, against hand-computed neighbours.
 
+use gomaflow_wgpu::flow::Taps;
 use gomaflow_wgpu::lattice::Lattice;
 
 #[test]
@@ -24,7 +25,7 @@ fn periodic_hops() {
 #[test]
 fn conv_taps() {
     let l = Lattice::new(2, 4);
-    let t = l.conv_table(3);
+    let t = Taps::Window { k: 3 }.table(&l);
     // Site 5 = (1, 1): the 3x3 window row-major from offset (-1, -1).
     assert_eq!(&t[45..54], &[0, 1, 2, 4, 5, 6, 8, 9, 10]);
     // Site 0 wraps on both axes.
@@ -35,7 +36,10 @@ fn conv_taps() {
         assert!(a.iter().zip(b).all(|(x, y)| x == &-y));
     }
     // 1D, k = 5, L = 6: site 0 sees 4, 5, 0, 1, 2.
-    assert_eq!(&Lattice::new(1, 6).conv_table(5)[0..5], &[4, 5, 0, 1, 2]);
+    assert_eq!(
+        &Taps::Window { k: 5 }.table(&Lattice::new(1, 6))[0..5],
+        &[4, 5, 0, 1, 2]
+    );
 }
 
 #[test]

@@ -6,9 +6,8 @@
 mod common;
 use common::*;
 use gomaflow_wgpu::config::PriorKind;
-use gomaflow_wgpu::kernels::prior::{
-    Prior, PriorSpec, potential, potential_constants, reference, stream,
-};
+use gomaflow_wgpu::kernels::prior::{Prior, PriorSpec, potential, potential_constants, reference};
+use gomaflow_wgpu::rng::stream;
 
 const U: f64 = 1.0 / 16_777_216.0;
 const NORMAL: PriorKind = PriorKind::Normal {

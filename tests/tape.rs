@@ -9,18 +9,13 @@ use common::*;
 use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::flow::{FlowSpec, reference};
 use gomaflow_wgpu::kernels::adam::{self, AdamSpec};
-use gomaflow_wgpu::kernels::prior::{reference as prior_ref, stream};
+use gomaflow_wgpu::kernels::prior::reference as prior_ref;
 use gomaflow_wgpu::lattice::Lattice;
+use gomaflow_wgpu::rng::stream;
 use gomaflow_wgpu::tape::{Fusion, Mode, Tape, TapeSpec};
 
 fn flow(nd: usize, l: usize, layers: usize, hidden: Vec<usize>, k: usize, tanh: bool) -> FlowSpec {
-    FlowSpec {
-        lattice: Lattice::new(nd, l),
-        n_layers: layers,
-        hidden,
-        kernel_size: k,
-        final_tanh: tanh,
-    }
+    FlowSpec::new(Lattice::new(nd, l), layers, hidden, k, tanh)
 }
 
 #[test]
@@ -50,7 +45,6 @@ fn tape_spec_fused(
         m2: -4.0,
         lam: 8.0,
         lr,
-        batch_key: "training.batchsize",
         fusion,
     }
 }

@@ -3,11 +3,11 @@
 use crate::config::Config;
 use crate::flow::FlowSpec;
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::kernels::prior::stream;
 use crate::proposals::Proposer;
+use crate::rng::stream;
 use crate::tape::{Tape, TapeSpec};
 use crate::train::{Outcome, TrainOptions, train};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +40,8 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
     let t = &cfg.training;
     let params = gpu.upload_params(&flow.init_params(cfg.model.seed))?;
     let counter = gpu.upload("step counter", &[0u32; 4])?;
-    let tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)?;
+    let tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)
+        .with_context(|| crate::train::training_batch(cfg))?;
     let eval = Proposer::new(
         gpu,
         cfg,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use buffers::{GpuBuffer, Usage};
-pub use shaders::{Bind, KernelSpec, Shader};
+pub use shaders::{Bind, Binding, KernelSpec, Shader};
 
 /// What the user asked for when choosing an adapter.
 #[derive(Clone, Debug, Default)]
@@ -168,12 +168,21 @@ fn pick_adapter(instance: &wgpu::Instance, choice: &AdapterChoice) -> Result<wgp
     }
 }
 
-/// A compiled pipeline and the explicit bind-group layout it was built with.
+/// The name of every kernel's parameter block in the shaders (`var<uniform> p: Params`).
+pub const UNIFORM_BLOCK: &str = "p";
+
+/// A compiled pipeline, the explicit bind-group layout it was built with, and the bindings it
+/// was built from (read from the shader: `shaders::bindings`).
 #[derive(Clone)]
 pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub label: String,
+    /// The bindings the entry point uses, in `@binding` order.
+    pub bindings: Vec<Binding>,
+    /// Every bound variable of the module, so that a launcher naming one that does not exist
+    /// is an error rather than silently ignored.
+    pub globals: Vec<String>,
 }
 
 /// The device and everything built on it once.
@@ -324,13 +333,14 @@ impl Gpu {
                 self.limits.max_compute_workgroup_storage_size
             );
         }
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
-            .binds
+        let (bindings, globals) =
+            shaders::bindings(&module, &info, spec.entry).with_context(|| key.clone())?;
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
-            .map(|&(binding, b)| wgpu::BindGroupLayoutEntry {
-                binding,
+            .map(|b| wgpu::BindGroupLayoutEntry {
+                binding: b.binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: match b {
+                ty: match b.kind {
                     Bind::Uniform => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Uniform,
                         has_dynamic_offset: false,
@@ -338,7 +348,7 @@ impl Gpu {
                     },
                     Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Storage {
-                            read_only: matches!(b, Bind::Read),
+                            read_only: b.kind == Bind::Read,
                         },
                         has_dynamic_offset: false,
                         min_binding_size: None,
@@ -393,55 +403,47 @@ impl Gpu {
             pipeline,
             layout,
             label: key.clone(),
+            bindings,
+            globals,
         };
         self.pipelines.lock().unwrap().insert(key, p.clone());
         Ok(p)
     }
 
     /// Build a dispatch once: pipeline, uniform block and bind group. `uniform` is the kernel's
-    /// parameter block (for the spec's `Bind::Uniform` binding), `buffers` the storage buffers in
-    /// the order the spec declares them.
+    /// parameter block, bound to the shader's `var<uniform> p`; `buffers` are bound by the
+    /// names of the shader's variables. A family's launcher may pass one list to all its entry
+    /// points: each binds the variables it uses. A name the shader lacks, or a variable the
+    /// entry point uses and no buffer names, is an error.
     pub fn dispatch(
         &self,
         spec: &KernelSpec,
         uniform: Option<&[u8]>,
-        buffers: &[&GpuBuffer],
+        buffers: &[(&str, &GpuBuffer)],
         groups: [u32; 3],
     ) -> Result<Dispatch> {
         let pipeline = self.pipeline(spec)?;
-        // Binding 0, when a uniform, is the kernel's parameter block; every other binding is a
-        // buffer from `buffers`, in the order the spec declares them.
-        let uniform_binding = spec
-            .binds
+        let key = &pipeline.label;
+        if let Some((name, _)) = buffers
             .iter()
-            .find(|(n, b)| *n == 0 && *b == Bind::Uniform)
-            .map(|(n, _)| *n);
-        if uniform_binding.is_some() != uniform.is_some() {
-            bail!(
-                "kernel {}: uniform block and declaration disagree",
-                spec.key()
-            );
+            .find(|(n, _)| *n == UNIFORM_BLOCK || !pipeline.globals.iter().any(|g| g == n))
+        {
+            bail!("kernel {key}: the shader has no buffer variable {name} to bind");
         }
-        let storage: Vec<(u32, Bind)> = spec
-            .binds
+        let reads_block = pipeline
+            .bindings
             .iter()
-            .copied()
-            .filter(|(n, b)| !(*n == 0 && *b == Bind::Uniform))
-            .collect();
-        let n_storage = storage.len();
-        if buffers.len() != n_storage {
+            .any(|b| b.name == UNIFORM_BLOCK && b.kind == Bind::Uniform);
+        if reads_block != uniform.is_some() {
             bail!(
-                "kernel {} takes {n_storage} storage buffers, given {}",
-                spec.key(),
-                buffers.len()
+                "kernel {key}: uniform block and the shader's `var<uniform> {UNIFORM_BLOCK}` disagree"
             );
         }
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max_groups) {
             bail!(
-                "kernel {} needs {groups:?} workgroups, over the adapter's \
-                 max_compute_workgroups_per_dimension = {max_groups}",
-                spec.key()
+                "kernel {key} needs {groups:?} workgroups, over the adapter's \
+                 max_compute_workgroups_per_dimension = {max_groups}"
             );
         }
         let uniform_buf = uniform.map(|bytes| {
@@ -451,34 +453,45 @@ impl Gpu {
             use wgpu::util::DeviceExt;
             self.device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(&pipeline.label),
+                    label: Some(key),
                     contents: &padded,
                     usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 })
         });
-        let mut entries = Vec::with_capacity(spec.binds.len());
-        if let (Some(u), Some(binding)) = (&uniform_buf, uniform_binding) {
-            entries.push(wgpu::BindGroupEntry {
-                binding,
-                resource: u.as_entire_binding(),
-            });
-        }
-        for (b, (binding, kind)) in buffers.iter().zip(&storage) {
-            let need = if *kind == Bind::Uniform {
-                Usage::UNIFORM
-            } else {
-                Usage::STORAGE
+        let mut entries = Vec::with_capacity(pipeline.bindings.len());
+        for b in &pipeline.bindings {
+            let resource = match (&uniform_buf, b.name.as_str()) {
+                (Some(u), UNIFORM_BLOCK) => u.as_entire_binding(),
+                _ => {
+                    let Some((_, buf)) = buffers.iter().find(|(n, _)| *n == b.name) else {
+                        bail!(
+                            "kernel {key} uses {} (binding {}) and no buffer was given for it",
+                            b.name,
+                            b.binding
+                        );
+                    };
+                    let need = if b.kind == Bind::Uniform {
+                        Usage::UNIFORM
+                    } else {
+                        Usage::STORAGE
+                    };
+                    if !buf.usage.contains(need) {
+                        bail!(
+                            "buffer {} cannot be bound as {need:?} ({})",
+                            buf.label,
+                            b.name
+                        );
+                    }
+                    buf.binding()
+                }
             };
-            if !b.usage.contains(need) {
-                bail!("buffer {} cannot be bound as {need:?}", b.label);
-            }
             entries.push(wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: b.binding(),
+                binding: b.binding,
+                resource,
             });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&pipeline.label),
+            label: Some(key),
             layout: &pipeline.layout,
             entries: &entries,
         });

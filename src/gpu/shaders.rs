@@ -98,7 +98,8 @@ impl Shader {
     }
 }
 
-/// How a kernel uses one binding; the bind-group layout is built from these.
+/// How a kernel uses one binding, as the shader declares it (`var<uniform>`,
+/// `var<storage, read>`, `var<storage, read_write>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bind {
     Uniform,
@@ -106,14 +107,23 @@ pub enum Bind {
     ReadWrite,
 }
 
-/// One kernel: a family, an entry point, its constants and its bindings in `@binding` order
-/// (only those the entry point uses; each is `(binding number, use)`).
+/// One binding an entry point uses, read from the shader itself: its variable's name, its
+/// `@binding` number and how it is declared. Launchers bind buffers by these names, so the
+/// shader is the one source of the contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub name: String,
+    pub binding: u32,
+    pub kind: Bind,
+}
+
+/// One kernel: a family, an entry point and its constants. Its bindings are not declared here:
+/// `bindings` reads them from the compiled module.
 #[derive(Clone, Debug)]
 pub struct KernelSpec {
     pub shader: Shader,
     pub entry: &'static str,
     pub consts: Vec<(&'static str, u32)>,
-    pub binds: Vec<(u32, Bind)>,
 }
 
 impl KernelSpec {
@@ -122,27 +132,18 @@ impl KernelSpec {
             shader,
             entry,
             consts: Vec::new(),
-            binds: Vec::new(),
         }
     }
 
-    /// The same kernel's family and constants at another entry point (builder style; the
-    /// bindings are declared afresh).
+    /// The same kernel's family and constants at another entry point (builder style).
     pub fn with_entry(mut self, entry: &'static str) -> Self {
         self.entry = entry;
-        self.binds.clear();
         self
     }
 
     /// Set a specialisation constant (builder style).
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));
-        self
-    }
-
-    /// Declare the next binding (builder style).
-    pub fn bind(mut self, binding: u32, use_: Bind) -> Self {
-        self.binds.push((binding, use_));
         self
     }
 
@@ -193,4 +194,48 @@ pub fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo, en
         .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
         .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
         .sum()
+}
+
+/// The bindings entry point `entry` uses (in `@binding` order) and the names of every bound
+/// variable of the module (any entry point's). Only group 0 exists in this project's shaders.
+pub fn bindings(
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> Result<(Vec<Binding>, Vec<String>)> {
+    let Some(index) = module.entry_points.iter().position(|e| e.name == entry) else {
+        bail!("the shader has no entry point {entry}");
+    };
+    let uses = info.get_entry_point(index);
+    let mut used = Vec::new();
+    let mut all = Vec::new();
+    for (h, g) in module.global_variables.iter() {
+        let (Some(rb), Some(name)) = (&g.binding, &g.name) else {
+            continue;
+        };
+        if rb.group != 0 {
+            bail!("variable {name}: only @group(0) is supported");
+        }
+        let kind = match g.space {
+            naga::AddressSpace::Uniform => Bind::Uniform,
+            naga::AddressSpace::Storage { access } => {
+                if access.contains(naga::StorageAccess::STORE) {
+                    Bind::ReadWrite
+                } else {
+                    Bind::Read
+                }
+            }
+            _ => bail!("variable {name}: only uniform and storage buffers are supported"),
+        };
+        all.push(name.clone());
+        if !uses[h].is_empty() {
+            used.push(Binding {
+                name: name.clone(),
+                binding: rb.binding,
+                kind,
+            });
+        }
+    }
+    used.sort_by_key(|b| b.binding);
+    Ok((used, all))
 }

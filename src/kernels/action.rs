@@ -1,7 +1,7 @@
 //! The lattice phi^4 action and its gradient (`shaders/action.wgsl`).
 
 use super::{LatticeBuffers, reduction_workgroup};
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::{Result, bail};
 
 #[derive(Clone, Copy, Debug)]
@@ -50,10 +50,6 @@ impl Action {
             KernelSpec::new(Shader::Action, entry)
                 .with("ND", lattice.lattice.nd as u32)
                 .with("WG", reduction_workgroup(v))
-                .bind(0, Bind::Uniform)
-                .bind(1, Bind::Read)
-                .bind(2, Bind::Read)
-                .bind(3, Bind::ReadWrite)
         };
         let u = Params {
             batch: spec.batch as u32,
@@ -68,13 +64,23 @@ impl Action {
         let n = (spec.batch * v) as f64;
         let nd = lattice.lattice.nd as f64;
         let action = gpu
-            .dispatch(&base("action"), u, &[&lattice.hop, phi, s], groups)?
+            .dispatch(
+                &base("action"),
+                u,
+                &[("hop", &lattice.hop), ("phi", phi), ("action_out", s)],
+                groups,
+            )?
             .with_work((2.0 * nd + 6.0) * n, 4.0 * n);
         let action_grad = gpu
             .dispatch(
-                &base("action_grad").bind(4, Bind::ReadWrite),
+                &base("action_grad"),
                 u,
-                &[&lattice.hop, phi, s, grad],
+                &[
+                    ("hop", &lattice.hop),
+                    ("phi", phi),
+                    ("action_out", s),
+                    ("grad", grad),
+                ],
                 groups,
             )?
             .with_work((4.0 * nd + 14.0) * n, 8.0 * n);

@@ -1,6 +1,6 @@
 //! Adam over one flat parameter buffer (`shaders/adam.wgsl`), and the step counter.
 
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::{Result, bail};
 
 const WG: u32 = 256;
@@ -80,25 +80,24 @@ impl Adam {
         let groups = spec.n.div_ceil(WG as usize).max(1);
         let gx = groups.min(65535);
         let gy = groups.div_ceil(gx);
-        let k = KernelSpec::new(Shader::Adam, "adam")
-            .with("WG", WG)
-            .bind(0, Bind::Uniform)
-            .bind(1, Bind::Read)
-            .bind(2, Bind::ReadWrite)
-            .bind(3, Bind::Read)
-            .bind(4, Bind::ReadWrite)
-            .bind(5, Bind::ReadWrite);
+        let k = KernelSpec::new(Shader::Adam, "adam").with("WG", WG);
         let u = params(&spec);
         let step = gpu
             .dispatch(
                 &k,
                 Some(bytemuck::bytes_of(&u)),
-                &[state, params_buf, grads, m, v],
+                &[
+                    ("state", state),
+                    ("params", params_buf),
+                    ("grads", grads),
+                    ("m1", m),
+                    ("m2", v),
+                ],
                 [gx as u32, gy as u32, 1],
             )?
             .with_work(14.0 * spec.n as f64, 28.0 * spec.n as f64);
-        let a = KernelSpec::new(Shader::Adam, "advance").bind(6, Bind::ReadWrite);
-        let advance = gpu.dispatch(&a, None, &[state], [1, 1, 1])?;
+        let a = KernelSpec::new(Shader::Adam, "advance");
+        let advance = gpu.dispatch(&a, None, &[("state_rw", state)], [1, 1, 1])?;
         Ok(Adam {
             spec,
             step,

@@ -2,7 +2,8 @@
 //! to the input (with a fused epilogue), backward to weights and bias (two deterministic stages).
 
 use super::{Act, LatticeBuffers};
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
+use crate::flow::Taps;
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
 use anyhow::{Result, bail};
 
 /// Threads per workgroup of the site-parallel entry points.
@@ -57,9 +58,11 @@ pub enum InputGrad {
     AddMasked,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConvSpec {
     pub dims: ConvDims,
+    /// The tap set (its neighbour table is `LatticeBuffers::table`); `dims.taps` taps.
+    pub taps: Taps,
     pub act: Act,
     /// The input is masked by the coupling's checkerboard of `parity`.
     pub in_mask: bool,
@@ -98,9 +101,10 @@ pub struct ConvTiling {
 }
 
 impl ConvTiling {
-    /// The tiling for `dims` on a GPU or (`software`) on a CPU adapter such as lavapipe.
-    pub fn for_adapter(dims: &ConvDims, kernel_size: usize, software: bool) -> ConvTiling {
-        let tpt = Self::default_taps_per_thread(dims.taps, kernel_size, dims.cout, software);
+    /// The tiling for `dims` on a GPU or (`software`) on a CPU adapter such as lavapipe; `row`
+    /// is the tap set's row (`Taps::row`: k for the k^Nd window).
+    pub fn for_adapter(dims: &ConvDims, row: usize, software: bool) -> ConvTiling {
+        let tpt = Self::default_taps_per_thread(dims.taps, row, dims.cout, software);
         let cob = Self::default_couts_per_thread(dims.cout, tpt, software);
         ConvTiling {
             samples_per_thread: Self::default_samples_per_thread(software, dims.cin, dims.cout),
@@ -232,7 +236,9 @@ impl Conv {
     /// forward and backward_input read the weights through it.
     pub fn new(gpu: &Gpu, spec: ConvSpec, b: &ConvBuffers) -> Result<Conv> {
         let d = spec.dims;
-        if d.taps != b.lattice.taps() || d.volume != b.lattice.lattice.volume() {
+        let nbr = b.lattice.table(&spec.taps)?;
+        if d.taps != spec.taps.count(b.lattice.lattice.nd) || d.volume != b.lattice.lattice.volume()
+        {
             bail!("convolution {d:?} does not match the lattice tables");
         }
         // More than a 5 x 5 plane per thread exhausts lavapipe's private memory (81 taps gave
@@ -298,7 +304,6 @@ impl Conv {
                 .with("NB", spec.tiling.samples_per_thread as u32)
                 // Every entry point of the module must be valid, so all see the real TPT.
                 .with("TPT", spec.tiling.taps_per_thread as u32)
-                .bind(0, Bind::Uniform)
         };
         let uniform = Params {
             batch: d.batch as u32,
@@ -320,13 +325,15 @@ impl Conv {
 
         let fwd = base("forward")
             .with("ACT", spec.act.code())
-            .with("IN_MASK", spec.in_mask as u32)
-            .bind(1, Bind::Read)
-            .bind(2, Bind::Read)
-            .bind(3, Bind::Read)
-            .bind(4, Bind::Read)
-            .bind(5, Bind::ReadWrite)
-            .bind(10, Bind::Uniform);
+            .with("IN_MASK", spec.in_mask as u32);
+        let forward_buffers = [
+            ("params", b.params),
+            ("nbr", nbr),
+            ("parity_tbl", &l.parity),
+            ("x", b.x),
+            ("y", b.y),
+            ("wu", &wu),
+        ];
         // Work models: 2 flops per multiply-add; each tensor touched once.
         let f = 4.0;
         let (bv, macs) = ((d.batch * d.volume) as f64, d.macs() as f64);
@@ -336,12 +343,7 @@ impl Conv {
             d.n_params() as f64 * f,
         );
         let forward = gpu
-            .dispatch(
-                &fwd,
-                u,
-                &[b.params, &l.nbr, &l.parity, b.x, b.y, &wu],
-                site_groups,
-            )?
+            .dispatch(&fwd, u, &forward_buffers, site_groups)?
             .with_work(2.0 * macs + bv * d.cout as f64, xin + yout + w);
         let Some(g) = &b.grad else {
             return Ok(Conv {
@@ -351,38 +353,31 @@ impl Conv {
             });
         };
 
+        let buffers = [
+            &forward_buffers[..],
+            &[
+                ("gy", g.gy),
+                ("gx", g.gx),
+                ("partial", g.partial),
+                ("grads", g.grads),
+            ],
+        ]
+        .concat();
         let bin = base("backward_input")
             .with("MODE", mode)
-            .with("ACT_IN", act_in.code())
-            .bind(1, Bind::Read)
-            .bind(2, Bind::Read)
-            .bind(3, Bind::Read)
-            .bind(4, Bind::Read)
-            .bind(6, Bind::Read)
-            .bind(7, Bind::ReadWrite)
-            .bind(10, Bind::Uniform);
+            .with("ACT_IN", act_in.code());
         let backward_input = gpu
-            .dispatch(
-                &bin,
-                u,
-                &[b.params, &l.nbr, &l.parity, b.x, g.gy, g.gx, &wu],
-                site_groups,
-            )?
+            .dispatch(&bin, u, &buffers, site_groups)?
             .with_work(2.0 * macs, yout + 2.0 * xin + w);
 
         let bw = base("backward_weight")
             .with("IN_MASK", spec.in_mask as u32)
-            .with("COB", spec.tiling.couts_per_thread as u32)
-            .bind(2, Bind::Read)
-            .bind(3, Bind::Read)
-            .bind(4, Bind::Read)
-            .bind(6, Bind::Read)
-            .bind(8, Bind::ReadWrite);
+            .with("COB", spec.tiling.couts_per_thread as u32);
         let backward_weight = gpu
             .dispatch(
                 &bw,
                 u,
-                &[&l.nbr, &l.parity, b.x, g.gy, g.partial],
+                &buffers,
                 [
                     groups_for(d.n_params(), WG as usize),
                     spec.n_chunks() as u32,
@@ -394,14 +389,12 @@ impl Conv {
                 xin + yout + (spec.partial_len() as f64) * f,
             );
 
-        let rw = base("reduce_weight")
-            .bind(8, Bind::ReadWrite)
-            .bind(9, Bind::ReadWrite);
+        let rw = base("reduce_weight");
         let reduce_weight = gpu
             .dispatch(
                 &rw,
                 u,
-                &[g.partial, g.grads],
+                &buffers,
                 [groups_for(d.n_params(), WG as usize), 1, 1],
             )?
             .with_work(
@@ -425,11 +418,12 @@ impl Conv {
 /// coordinate arithmetic (`Lattice::shift`), not from the shaders' table.
 pub mod reference {
     use super::super::Act;
+    use crate::flow::Taps;
     use crate::lattice::Lattice;
 
     pub struct Layer<'a> {
         pub lattice: &'a Lattice,
-        pub k: usize,
+        pub taps: &'a Taps,
         pub batch: usize,
         pub cin: usize,
         pub cout: usize,
@@ -437,7 +431,7 @@ pub mod reference {
 
     impl Layer<'_> {
         fn neighbours(&self) -> Vec<Vec<usize>> {
-            let offs = self.lattice.tap_offsets(self.k);
+            let offs = self.taps.offsets(self.lattice.nd);
             (0..self.lattice.volume())
                 .map(|s| offs.iter().map(|o| self.lattice.shift(s, o)).collect())
                 .collect()

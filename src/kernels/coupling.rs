@@ -1,7 +1,7 @@
 //! The affine coupling with a checkerboard mask (`shaders/coupling.wgsl`).
 
 use super::{Act, LatticeBuffers, reduction_workgroup};
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::Result;
 
 #[derive(Clone, Copy, Debug)]
@@ -64,8 +64,6 @@ impl Coupling {
             KernelSpec::new(Shader::Coupling, entry)
                 .with("WG", wg)
                 .with("ACT", spec.final_act.code())
-                .bind(0, Bind::Uniform)
-                .bind(1, Bind::Read)
         };
         let u = Params {
             batch: spec.batch as u32,
@@ -75,34 +73,38 @@ impl Coupling {
         };
         let u = Some(bytemuck::bytes_of(&u));
         let groups = [spec.batch as u32, 1, 1];
-        let fwd = base("forward")
-            .bind(2, Bind::Read)
-            .bind(3, Bind::Read)
-            .bind(4, Bind::ReadWrite)
-            .bind(5, Bind::ReadWrite);
+        let fwd = base("forward");
         let bytes = (n * 4) as f64;
         let forward = gpu
             .dispatch(
                 &fwd,
                 u,
-                &[&b.lattice.parity, b.x, b.st, b.y, b.logq],
+                &[
+                    ("parity_tbl", &b.lattice.parity),
+                    ("x", b.x),
+                    ("st", b.st),
+                    ("y", b.y),
+                    ("logq", b.logq),
+                ],
                 groups,
             )?
             .with_work(3.0 * n as f64, 4.0 * bytes);
-        let bwd = base("backward")
-            .bind(2, Bind::Read)
-            .bind(3, Bind::Read)
-            .bind(6, Bind::Read)
-            .bind(7, Bind::ReadWrite)
-            .bind(8, Bind::ReadWrite)
-            .bind(9, Bind::Read);
+        let bwd = base("backward");
         let backward = match &b.grad {
             None => None,
             Some(g) => Some(
                 gpu.dispatch(
                     &bwd,
                     u,
-                    &[&b.lattice.parity, b.x, b.st, g.gy, g.gx, g.gst, g.glogq],
+                    &[
+                        ("parity_tbl", &b.lattice.parity),
+                        ("x", b.x),
+                        ("st", b.st),
+                        ("gy", g.gy),
+                        ("gx", g.gx),
+                        ("gst", g.gst),
+                        ("glogq", g.glogq),
+                    ],
                     groups,
                 )?
                 .with_work(8.0 * n as f64, 7.0 * bytes),

@@ -14,8 +14,8 @@
 //! one.
 
 use super::LatticeBuffers;
-use crate::flow::{ConvLayout, PARAM_ALIGN};
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::flow::{CouplingKind, CouplingNet, PARAM_ALIGN};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::{Result, bail};
 
 /// Threads per workgroup, at most (one sample per workgroup; smaller lattices take fewer).
@@ -42,13 +42,9 @@ pub fn activation_offsets(batch: usize, volume: usize, channels: &[usize]) -> (V
 pub struct CouplingLayerSpec {
     pub batch: usize,
     pub volume: usize,
-    /// k^Nd, and k.
-    pub taps: usize,
-    pub kernel_size: usize,
-    /// The layer's convolutions in order, with their parameter offsets (`FlowSpec::convs`).
-    pub convs: Vec<ConvLayout>,
-    /// Checkerboard parity: mask(site) = parity_table[site] ^ parity, 1 = frozen.
-    pub parity: u32,
+    /// The layer as the model describes it (`FlowSpec::nets`); `shape` says whether this
+    /// kernel knows it.
+    pub net: CouplingNet,
     /// Also write every convolution's output (for the backward).
     pub train: bool,
     /// Tile as on a GPU even on a CPU adapter (the tests check that tiling on lavapipe).
@@ -56,18 +52,31 @@ pub struct CouplingLayerSpec {
 }
 
 impl CouplingLayerSpec {
-    /// (HID, NHID) when the net is [1, HID x NHID, 2] with LeakyReLU between.
+    /// (HID, NHID) when the layer is what this kernel computes: an affine coupling whose net
+    /// is [1, HID x NHID, 2] over one tap set with LeakyReLU between. Any other block or
+    /// coupling kind runs as separate kernels.
     fn shape(&self) -> Option<(usize, usize)> {
-        let n = self.convs.len();
-        if n < 2 || self.convs[0].cin != 1 || self.convs[n - 1].cout != 2 {
+        let convs = &self.net.convs;
+        let n = convs.len();
+        if n < 2
+            || self.net.coupling != CouplingKind::Affine
+            || convs[0].cin != 1
+            || convs[n - 1].cout != 2
+            || convs.iter().any(|c| c.taps != convs[0].taps)
+        {
             return None;
         }
-        let hid = self.convs[0].cout;
-        let hidden_ok = self.convs[..n - 1]
+        let hid = convs[0].cout;
+        let hidden_ok = convs[..n - 1]
             .iter()
             .enumerate()
             .all(|(j, c)| c.cout == hid && (j == 0 || c.cin == hid) && c.act == super::Act::Leaky);
-        (hidden_ok && self.convs[n - 1].cin == hid).then_some((hid, n - 1))
+        (hidden_ok && convs[n - 1].cin == hid).then_some((hid, n - 1))
+    }
+
+    /// Taps of each convolution (all share one tap set: `shape`).
+    fn taps(&self) -> usize {
+        self.net.convs[0].n_taps
     }
 
     /// Sites per thread (SPT in the shader): 1 on GPUs; on CPU adapters SPT * HID =
@@ -89,7 +98,11 @@ impl CouplingLayerSpec {
     /// Taps per weight-gradient thread of the backward (TPT in the shader): one on GPUs (more
     /// threads); a row of the window on CPU adapters, as conv's backward_weight there.
     fn taps_per_thread(&self, software: bool) -> usize {
-        if software { self.kernel_size } else { 1 }
+        if software {
+            self.net.convs[0].taps.row()
+        } else {
+            1
+        }
     }
 
     /// Threads per workgroup: enough that SPT sites each cover the lattice, a power of two
@@ -109,8 +122,7 @@ impl CouplingLayerSpec {
 
     /// Floats of the layer's parameter slice, from its first weight to its last bias.
     fn param_span(&self) -> usize {
-        let (first, last) = (self.convs[0], self.convs[self.convs.len() - 1]);
-        last.offset + last.cout * last.cin * self.taps + last.cout - first.offset
+        self.net.params().len()
     }
 
     /// Whether to tile for a CPU adapter.
@@ -155,7 +167,10 @@ impl CouplingLayerSpec {
     /// Why this layer cannot run as one dispatch on `gpu`, or `None` when it can.
     pub fn unfusable(&self, gpu: &Gpu) -> Option<String> {
         let Some((hid, nhid)) = self.shape() else {
-            return Some("the net's hidden widths differ (or there are none)".into());
+            return Some(
+                "the layer is not an affine coupling of a [1, HID, ..., HID, 2] net over one tap set"
+                    .into(),
+            );
         };
         let lim = &gpu.limits;
         let wg_bytes =
@@ -173,7 +188,7 @@ impl CouplingLayerSpec {
                 lim.max_uniform_buffer_binding_size
             ));
         }
-        if !(self.convs[0].offset * 4)
+        if !(self.net.convs[0].offset * 4)
             .is_multiple_of(lim.min_uniform_buffer_offset_alignment as usize)
         {
             return Some("the layer's parameters are not aligned for a uniform binding".into());
@@ -236,12 +251,14 @@ impl CouplingLayer {
         }
         let (hid, nhid) = spec.shape().unwrap();
         let (bt, v) = (spec.batch, spec.volume);
-        if spec.taps != b.lattice.taps() || v != b.lattice.lattice.volume() {
+        let convs = &spec.net.convs;
+        let nbr = b.lattice.table(&convs[0].taps)?;
+        if spec.taps() != convs[0].taps.count(b.lattice.lattice.nd)
+            || v != b.lattice.lattice.volume()
+        {
             bail!("coupling layer {spec:?} does not match the lattice tables");
         }
-        let channels: Vec<usize> = std::iter::once(1)
-            .chain(spec.convs.iter().map(|c| c.cout))
-            .collect();
+        let channels = spec.net.channels();
         let (h_off, h_len) = activation_offsets(bt, v, &channels);
         b.x.need(bt * v)?;
         b.y.need(bt * v)?;
@@ -252,19 +269,19 @@ impl CouplingLayer {
         if !b.params.usage.contains(crate::gpu::Usage::UNIFORM) {
             bail!("buffer {} cannot be bound as a uniform", b.params.label);
         }
-        let first = spec.convs[0].offset;
+        let first = convs[0].offset;
         let w_bytes = spec.param_span().div_ceil(4) * 16;
         b.params.need(first + w_bytes / 4)?;
         let wu = b.params.range((first * 4) as u64, w_bytes as u64);
-        let rel = |j: usize| (spec.convs[j].offset - first) as u32;
+        let rel = |j: usize| (convs[j].offset - first) as u32;
         let software = spec.software(gpu);
         let wg = spec.workgroup_size(software);
         let kernel = KernelSpec::new(Shader::CouplingLayer, "forward")
             .with("V", v as u32)
-            .with("TAPS", spec.taps as u32)
+            .with("TAPS", spec.taps() as u32)
             .with("HID", hid as u32)
             .with("NHID", nhid as u32)
-            .with("ACT_OUT", spec.convs[nhid].act.code())
+            .with("ACT_OUT", convs[nhid].act.code())
             .with("WG", wg as u32)
             .with("SPT", spec.sites_per_thread(software) as u32)
             .with("TPT", spec.taps_per_thread(software) as u32)
@@ -275,19 +292,19 @@ impl CouplingLayer {
             .with("W_OUT", rel(nhid))
             .with("HLEN", spec.activation_floats(hid, nhid) as u32)
             .with("WSPAN", spec.param_span() as u32);
-        let forward_kernel = kernel
-            .clone()
-            .bind(0, Bind::Uniform)
-            .bind(1, Bind::Read)
-            .bind(2, Bind::Read)
-            .bind(3, Bind::Read)
-            .bind(4, Bind::ReadWrite)
-            .bind(5, Bind::ReadWrite)
-            .bind(6, Bind::ReadWrite)
-            .bind(7, Bind::Uniform);
+        let forward_kernel = kernel.clone();
+        let forward_buffers = [
+            ("nbr", nbr),
+            ("parity_tbl", &b.lattice.parity),
+            ("x", b.x),
+            ("y", b.y),
+            ("logq", b.logq),
+            ("h", b.h),
+            ("wu", &wu),
+        ];
         let u = Params {
             batch: bt as u32,
-            parity: spec.parity,
+            parity: spec.net.parity,
             h_stride: if nhid > 1 { h_off[1] as u32 } else { 0 },
             st_off: h_off[nhid] as u32,
             chunk: spec.chunk(software) as u32,
@@ -298,8 +315,8 @@ impl CouplingLayer {
         // Work: the convolutions' multiply-adds, bias and activation per output, the coupling;
         // memory: x read, y written, the weights, and in training every activation written.
         let bv = (bt * v) as f64;
-        let macs: usize = spec.convs.iter().map(|c| c.cin * c.cout * spec.taps).sum();
-        let outs: usize = spec.convs.iter().map(|c| c.cout).sum();
+        let macs: usize = convs.iter().map(|c| c.n_weights()).sum();
+        let outs: usize = convs.iter().map(|c| c.cout).sum();
         let flops = bv * (2.0 * macs as f64 + outs as f64 + 3.0);
         let bytes = 4.0 * (2.0 * bv + spec.param_span() as f64)
             + if spec.train {
@@ -311,15 +328,7 @@ impl CouplingLayer {
             .dispatch(
                 &forward_kernel,
                 Some(bytemuck::bytes_of(&u)),
-                &[
-                    &b.lattice.nbr,
-                    &b.lattice.parity,
-                    b.x,
-                    b.y,
-                    b.logq,
-                    b.h,
-                    &wu,
-                ],
+                &forward_buffers,
                 [bt as u32, 1, 1],
             )?
             .with_work(flops, bytes);
@@ -330,19 +339,18 @@ impl CouplingLayer {
             g.glogq.need(bt)?;
             g.partial.need(spec.partial_len(gpu))?;
             g.grads.need(first + spec.param_span())?;
-            let bwd = kernel
-                .clone()
-                .with_entry("backward")
-                .bind(0, Bind::Uniform)
-                .bind(1, Bind::Read)
-                .bind(2, Bind::Read)
-                .bind(3, Bind::Read)
-                .bind(6, Bind::ReadWrite)
-                .bind(7, Bind::Uniform)
-                .bind(8, Bind::Read)
-                .bind(9, Bind::ReadWrite)
-                .bind(10, Bind::Read)
-                .bind(11, Bind::ReadWrite);
+            let buffers = [
+                &forward_buffers[..],
+                &[
+                    ("gy", g.gy),
+                    ("gx", g.gx),
+                    ("glogq", g.glogq),
+                    ("partial", g.partial),
+                    ("grads", g.grads),
+                ],
+            ]
+            .concat();
+            let bwd = kernel.clone().with_entry("backward");
             // Work: the input and weight gradients (2 x the forward's multiply-adds), the
             // coupling's; memory: activations and dL/dy read, dL/dx and the sums written.
             let partial_bytes = 4.0 * spec.partial_len(gpu) as f64;
@@ -350,17 +358,7 @@ impl CouplingLayer {
                 gpu.dispatch(
                     &bwd,
                     Some(bytemuck::bytes_of(&u)),
-                    &[
-                        &b.lattice.nbr,
-                        &b.lattice.parity,
-                        b.x,
-                        b.h,
-                        &wu,
-                        g.gy,
-                        g.gx,
-                        g.glogq,
-                        g.partial,
-                    ],
+                    &buffers,
                     [spec.n_chunks(software) as u32, 1, 1],
                 )?
                 .with_work(
@@ -368,16 +366,12 @@ impl CouplingLayer {
                     4.0 * bv * (3.0 + outs as f64) + partial_bytes,
                 ),
             );
-            let red = kernel
-                .with_entry("reduce")
-                .bind(0, Bind::Uniform)
-                .bind(11, Bind::ReadWrite)
-                .bind(12, Bind::ReadWrite);
+            let red = kernel.with_entry("reduce");
             backward.push(
                 gpu.dispatch(
                     &red,
                     Some(bytemuck::bytes_of(&u)),
-                    &[g.partial, g.grads],
+                    &buffers,
                     [crate::gpu::groups_for(spec.param_span(), wg), 1, 1],
                 )?
                 .with_work(

@@ -5,7 +5,7 @@ use super::LatticeBuffers;
 use super::action::{Action, ActionSpec};
 use super::prior::{Prior, PriorSpec};
 use crate::config::PriorKind;
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use crate::rng::key_of;
 use anyhow::{Result, bail};
 
@@ -132,17 +132,12 @@ impl Hmc {
         let groups = n.div_ceil(WG as usize);
         let (gx, gy) = (groups.min(65535), groups.div_ceil(65535));
         let elementwise = |entry, step: f64| -> Result<Dispatch> {
-            let k = KernelSpec::new(Shader::Hmc, entry)
-                .with("WG", WG)
-                .bind(0, Bind::Uniform)
-                .bind(1, Bind::ReadWrite)
-                .bind(2, Bind::ReadWrite)
-                .bind(3, Bind::Read);
+            let k = KernelSpec::new(Shader::Hmc, entry).with("WG", WG);
             Ok(gpu
                 .dispatch(
                     &k,
                     Some(bytemuck::bytes_of(&params(step))),
-                    &[&buf.phi, &buf.mom, &buf.grad],
+                    &[("phi", &buf.phi), ("mom", &buf.mom), ("grad", &buf.grad)],
                     [gx as u32, gy as u32, 1],
                 )?
                 .with_work(2.0 * n as f64, 12.0 * n as f64))
@@ -152,37 +147,23 @@ impl Hmc {
         let drift = elementwise("drift", spec.eps)?;
         let per_chain = [spec.chains as u32, 1, 1];
         let kinetic = gpu.dispatch(
-            &KernelSpec::new(Shader::Hmc, "kinetic")
-                .with("WG", WG)
-                .bind(0, Bind::Uniform)
-                .bind(2, Bind::ReadWrite)
-                .bind(7, Bind::ReadWrite),
+            &KernelSpec::new(Shader::Hmc, "kinetic").with("WG", WG),
             Some(bytemuck::bytes_of(&params(0.0))),
-            &[&buf.mom, &buf.kinetic],
+            &[("mom", &buf.mom), ("kinetic_end", &buf.kinetic)],
             per_chain,
         )?;
         let metropolis = gpu.dispatch(
-            &KernelSpec::new(Shader::Hmc, "metropolis")
-                .with("WG", WG)
-                .bind(0, Bind::Uniform)
-                .bind(1, Bind::ReadWrite)
-                .bind(4, Bind::Read)
-                .bind(5, Bind::Read)
-                .bind(6, Bind::Read)
-                .bind(7, Bind::ReadWrite)
-                .bind(8, Bind::ReadWrite)
-                .bind(9, Bind::ReadWrite)
-                .bind(10, Bind::Read),
+            &KernelSpec::new(Shader::Hmc, "metropolis").with("WG", WG),
             Some(bytemuck::bytes_of(&params(0.0))),
             &[
-                &buf.phi,
-                &buf.s_start,
-                &buf.s_end,
-                &buf.logr,
-                &buf.kinetic,
-                &buf.phi_saved,
-                &buf.accepted,
-                &buf.counter,
+                ("phi", &buf.phi),
+                ("s_start", &buf.s_start),
+                ("s_end", &buf.s_end),
+                ("logr_start", &buf.logr),
+                ("kinetic_end", &buf.kinetic),
+                ("phi_saved", &buf.phi_saved),
+                ("accepted", &buf.accepted),
+                ("counter", &buf.counter),
             ],
             per_chain,
         )?;

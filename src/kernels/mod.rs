@@ -11,6 +11,7 @@ pub mod hmc;
 pub mod prior;
 pub mod reduce;
 
+use crate::flow::Taps;
 use crate::gpu::{Gpu, GpuBuffer};
 use crate::lattice::Lattice;
 use anyhow::Result;
@@ -64,9 +65,8 @@ impl Act {
 /// The lattice's lookup tables on the GPU, shared by every kernel of a model.
 pub struct LatticeBuffers {
     pub lattice: Lattice,
-    pub kernel_size: usize,
-    /// `conv_table(kernel_size)`: [volume * taps].
-    pub nbr: GpuBuffer,
+    /// `Taps::table` of each tap set the model's convolutions use: [volume * taps].
+    pub tables: Vec<(Taps, GpuBuffer)>,
     /// `parity_table()`: [volume].
     pub parity: GpuBuffer,
     /// `hop_table()`: [volume * 2 Nd].
@@ -74,18 +74,30 @@ pub struct LatticeBuffers {
 }
 
 impl LatticeBuffers {
-    pub fn new(gpu: &Gpu, lattice: Lattice, kernel_size: usize) -> Result<Self> {
+    pub fn new(gpu: &Gpu, lattice: Lattice, taps: &[Taps]) -> Result<Self> {
         Ok(LatticeBuffers {
             lattice,
-            kernel_size,
-            nbr: gpu.upload("neighbour table", &lattice.conv_table(kernel_size))?,
+            tables: taps
+                .iter()
+                .map(|t| {
+                    Ok((
+                        t.clone(),
+                        gpu.upload("neighbour table", &t.table(&lattice))?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
             parity: gpu.upload("parity table", &lattice.parity_table())?,
             hop: gpu.upload("hop table", &lattice.hop_table())?,
         })
     }
 
-    pub fn taps(&self) -> usize {
-        self.kernel_size.pow(self.lattice.nd as u32)
+    /// The neighbour table of `taps`.
+    pub fn table(&self, taps: &Taps) -> Result<&GpuBuffer> {
+        self.tables
+            .iter()
+            .find(|(t, _)| t == taps)
+            .map(|(_, b)| b)
+            .ok_or_else(|| anyhow::anyhow!("no neighbour table was built for {taps:?}"))
     }
 }
 

@@ -3,16 +3,9 @@
 
 use super::reduction_workgroup;
 use crate::config::PriorKind;
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use crate::rng::key_of;
 use anyhow::{Result, bail};
-
-/// Philox streams: independent uses of one seed.
-pub mod stream {
-    pub const TRAIN: u32 = 0;
-    pub const EVAL: u32 = 1;
-    pub const SAMPLE: u32 = 2;
-}
 
 #[derive(Clone, Debug)]
 pub struct PriorSpec {
@@ -129,17 +122,12 @@ impl Prior {
                 "sample_potential"
             }
         };
-        let k = KernelSpec::new(Shader::Prior, entry)
-            .with("WG", reduction_workgroup(spec.volume))
-            .bind(0, Bind::Uniform)
-            .bind(1, Bind::Read)
-            .bind(2, Bind::ReadWrite)
-            .bind(3, Bind::ReadWrite);
+        let k = KernelSpec::new(Shader::Prior, entry).with("WG", reduction_workgroup(spec.volume));
         let sample = gpu
             .dispatch(
                 &k,
                 Some(bytemuck::bytes_of(&u)),
-                &[counter, z, logq],
+                &[("counter", counter), ("z", z), ("logq", logq)],
                 [spec.batch as u32, 1, 1],
             )?
             // Philox-10 is about 130 integer operations per 4 sites; count them as work.

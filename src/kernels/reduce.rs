@@ -1,6 +1,6 @@
 //! Deterministic reductions (`shaders/reduce.wgsl`): row sums and the batch loss with metrics.
 
-use crate::gpu::{Bind, Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::{Result, bail};
 
 const WG: u32 = 256;
@@ -26,11 +26,7 @@ pub fn row_sum(
     if a.len() < rows * n || out.len() < rows {
         bail!("row_sum buffers too small for {rows} x {n}");
     }
-    let k = KernelSpec::new(Shader::Reduce, "row_sum")
-        .with("WG", WG)
-        .bind(0, Bind::Uniform)
-        .bind(1, Bind::Read)
-        .bind(3, Bind::ReadWrite);
+    let k = KernelSpec::new(Shader::Reduce, "row_sum").with("WG", WG);
     let u = Params {
         rows: rows as u32,
         n: n as u32,
@@ -40,7 +36,7 @@ pub fn row_sum(
     gpu.dispatch(
         &k,
         Some(bytemuck::bytes_of(&u)),
-        &[a, out],
+        &[("a", a), ("out", out)],
         [rows as u32, 1, 1],
     )
 }
@@ -61,13 +57,7 @@ pub fn loss(
     {
         bail!("loss buffers too small for batch {batch}");
     }
-    let k = KernelSpec::new(Shader::Reduce, "loss")
-        .with("WG", WG)
-        .bind(0, Bind::Uniform)
-        .bind(1, Bind::Read)
-        .bind(2, Bind::Read)
-        .bind(3, Bind::ReadWrite)
-        .bind(4, Bind::ReadWrite);
+    let k = KernelSpec::new(Shader::Reduce, "loss").with("WG", WG);
     let u = Params {
         rows: batch as u32,
         n: 1,
@@ -77,7 +67,12 @@ pub fn loss(
     gpu.dispatch(
         &k,
         Some(bytemuck::bytes_of(&u)),
-        &[logq, action, metrics, glogq],
+        &[
+            ("a", logq),
+            ("b_in", action),
+            ("out", metrics),
+            ("grad", glogq),
+        ],
         [1, 1, 1],
     )
 }
