@@ -2,8 +2,16 @@
 //! [physical], [model]) accepted unchanged, its Julia-expression strings parsed in the forms its
 //! configs use, and every value validated with an error that names the file, the key and what
 //! is accepted. Keys this project adds live in the same tables (see README).
+//!
+//! Reading takes two steps. serde reads the file into one struct per table (`ConfigTable`,
+//! `DeviceTable`, `TrainingTable`, `PhysicalTable`, `ModelTable`: each key's spelling, TOML type
+//! and GomalizingFlow default; an unknown key or a wrong type is serde's error, named with the
+//! file, the key and what the key accepts). Then `validate` applies the rules the physics and
+//! the kernels need and parses the Julia expressions, giving `Config`. `to_toml` writes a
+//! `Config` back through the same structs.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The prior of the flow's base distribution.
@@ -133,7 +141,8 @@ pub const MAX_SITES: u64 = 1 << 26;
 /// in registers).
 pub const MAX_CHANNELS: usize = 128;
 
-/// Every table and its keys (GomalizingFlow's and ours).
+/// Every table and its keys (GomalizingFlow's and ours): the fields of the table structs below,
+/// as the file spells them (tests/config.rs checks that the two agree).
 pub const TABLES: &[(&str, &[&str])] = &[
     ("config", &["version"]),
     ("device", &["device_id"]),
@@ -169,73 +178,518 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Reads typed values out of one table, naming file, table and key in every error.
-struct Reader<'a> {
-    file: &'a str,
-    table: &'a str,
-    t: Option<&'a toml::Table>,
+/// What a key accepts, as every error about it says.
+fn accepted(table: &str, key: &str) -> Option<String> {
+    let what = match (table, key) {
+        ("config", "version") => "any value (GomalizingFlow's config version, e.g. \"0.1.0\")",
+        ("device", "device_id") => {
+            "-1 (the software adapter) or the index N >= 0 of an adapter in `gomaflow-wgpu devices`"
+        }
+        ("physical", "L") => "the lattice extent, an even integer >= 2",
+        ("physical", "Nd") => "the number of dimensions, 1, 2, 3 or 4",
+        ("physical", "M2") => "the bare mass squared m², a number",
+        ("physical", "lam") => "the quartic coupling λ, a number >= 0",
+        ("model", "seed") | ("training", "seed") => "a seed, an integer >= 0",
+        ("model", "n_layers") => "the number of coupling layers, 1..=1024",
+        ("model", "hidden_sizes") => {
+            return Some(format!(
+                "a list of channel counts in 1..={MAX_CHANNELS}, e.g. [8, 8]"
+            ));
+        }
+        ("model", "kernel_size") => "an odd kernel size in 1..=15",
+        ("model", "inC") => "1",
+        ("model", "outC") => "2",
+        ("model", "use_final_tanh") | ("model", "use_bn") => "true or false",
+        ("training", "batchsize") => "the training batch, an integer in 1..=65535",
+        ("training", "epochs") => "the number of epochs, >= 1",
+        ("training", "iterations") => "the steps per epoch, >= 1",
+        ("training", "base_lr") => "the learning rate, a number > 0",
+        ("training", "opt") => "\"Adam\"",
+        ("training", "prior") => {
+            "a string, \"Normal{Float32}(0.f0, 1.f0)\" or \"Potential{Float32}(; m²=-4f0, λ=8f0)\""
+        }
+        ("training", "lr_scheduler") => {
+            "a string, \"\" (constant) or \"Step(0.001f0, 0.1f0, [200])\""
+        }
+        ("training", "pretrained") => "a string, a run directory or checkpoint (\"\" for none)",
+        ("training", "eval_samples") => "the proposals of each evaluation, an integer >= 1024",
+        ("training", "eval_batchsize") => "the evaluation batch, an integer in 1..=65535",
+        _ => return None,
+    };
+    Some(what.to_string())
 }
 
-impl<'a> Reader<'a> {
+// The file as serde reads and writes it: one struct per table, each key with its spelling in
+// the file, its TOML type (integers as TOML holds them, i64, so that `validate` can say what an
+// out-of-range value should have been) and GomalizingFlow's default. A missing table takes every
+// default; an unknown table or key, or a value of the wrong type, is serde's error.
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct Document {
+    #[serde(deserialize_with = "table")]
+    config: ConfigTable,
+    #[serde(deserialize_with = "table")]
+    device: DeviceTable,
+    #[serde(deserialize_with = "table")]
+    training: TrainingTable,
+    #[serde(deserialize_with = "table")]
+    physical: PhysicalTable,
+    #[serde(deserialize_with = "table")]
+    model: ModelTable,
+}
+
+/// A table and nothing else (serde's derived structs also take an array, `[[model]]`, as their
+/// fields in order).
+fn table<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    struct Table<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Table<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a table")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(Table(std::marker::PhantomData))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct ConfigTable {
+    /// Any value: a string is kept as it is, anything else as its TOML text.
+    version: toml::Value,
+}
+
+impl Default for ConfigTable {
+    fn default() -> Self {
+        ConfigTable {
+            version: toml::Value::String("0.1.0".into()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct DeviceTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct TrainingTable {
+    seed: i64,
+    batchsize: i64,
+    epochs: i64,
+    iterations: i64,
+    base_lr: f64,
+    opt: String,
+    /// A Julia expression (`julia::prior`).
+    prior: String,
+    /// A Julia expression (`julia::schedule`).
+    lr_scheduler: String,
+    pretrained: String,
+    eval_samples: i64,
+    eval_batchsize: i64,
+}
+
+impl Default for TrainingTable {
+    fn default() -> Self {
+        TrainingTable {
+            seed: 12345,
+            batchsize: 64,
+            epochs: 40,
+            iterations: 100,
+            base_lr: 1e-3,
+            opt: "Adam".into(),
+            prior: "Normal{Float32}(0.f0, 1.f0)".into(),
+            lr_scheduler: String::new(),
+            pretrained: String::new(),
+            eval_samples: 8192,
+            eval_batchsize: 1024,
+        }
+    }
+}
+
+/// No defaults: `validate` names a missing key.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct PhysicalTable {
+    #[serde(rename = "L")]
+    l: Option<i64>,
+    #[serde(rename = "Nd")]
+    nd: Option<i64>,
+    /// m².
+    #[serde(rename = "M2")]
+    m2: Option<f64>,
+    /// λ.
+    lam: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct ModelTable {
+    seed: i64,
+    n_layers: i64,
+    hidden_sizes: Vec<i64>,
+    kernel_size: i64,
+    #[serde(rename = "inC")]
+    in_c: i64,
+    #[serde(rename = "outC")]
+    out_c: i64,
+    use_final_tanh: bool,
+    use_bn: bool,
+}
+
+impl Default for ModelTable {
+    fn default() -> Self {
+        ModelTable {
+            seed: 2021,
+            n_layers: 16,
+            hidden_sizes: vec![8, 8],
+            kernel_size: 3,
+            in_c: 1,
+            out_c: 2,
+            use_final_tanh: true,
+            use_bn: false,
+        }
+    }
+}
+
+/// The checks of one table, each error naming file, table and key.
+struct Check<'a> {
+    file: &'a str,
+    table: &'static str,
+}
+
+impl Check<'_> {
     fn err(&self, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("{}: [{}].{key} {msg}", self.file, self.table)
     }
 
-    fn get(&self, key: &str) -> Option<&'a toml::Value> {
-        self.t.and_then(|t| t.get(key))
+    fn what(&self, key: &str) -> String {
+        accepted(self.table, key).unwrap_or_default()
     }
 
-    fn required(&self, key: &str, what: &str) -> Result<&'a toml::Value> {
-        self.get(key)
-            .ok_or_else(|| anyhow!("{}: missing key [{}].{key} ({what})", self.file, self.table))
-    }
-
-    fn int(&self, key: &str, default: Option<i64>, what: &str) -> Result<i64> {
-        match (self.get(key), default) {
-            (None, Some(d)) => Ok(d),
-            (None, None) => Err(self.required(key, what).unwrap_err()),
-            (Some(toml::Value::Integer(i)), _) => Ok(*i),
-            (Some(v), _) => Err(self.err(key, format!("must be {what}, got {v}"))),
-        }
+    fn required<T>(&self, key: &str, value: Option<T>) -> Result<T> {
+        value.ok_or_else(|| {
+            anyhow!(
+                "{}: missing key [{}].{key} ({})",
+                self.file,
+                self.table,
+                self.what(key)
+            )
+        })
     }
 
     /// An integer in [lo, hi].
-    fn int_in(&self, key: &str, default: Option<i64>, lo: i64, hi: i64, what: &str) -> Result<i64> {
-        let v = self.int(key, default, what)?;
+    fn int_in(&self, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64> {
         if v < lo || v > hi {
-            return Err(self.err(key, format!("must be {what}, got {v}")));
+            return Err(self.err(key, format!("must be {}, got {v}", self.what(key))));
         }
         Ok(v)
     }
 
-    fn float(&self, key: &str, default: Option<f64>, what: &str) -> Result<f64> {
-        let v = match (self.get(key), default) {
-            (None, Some(d)) => d,
-            (None, None) => return Err(self.required(key, what).unwrap_err()),
-            (Some(toml::Value::Float(f)), _) => *f,
-            (Some(toml::Value::Integer(i)), _) => *i as f64,
-            (Some(v), _) => return Err(self.err(key, format!("must be {what}, got {v}"))),
-        };
+    fn finite(&self, key: &str, v: f64) -> Result<f64> {
         if !v.is_finite() {
-            return Err(self.err(key, format!("must be {what}, got {v}")));
+            return Err(self.err(key, format!("must be {}, got {v}", self.what(key))));
         }
         Ok(v)
     }
+}
 
-    fn string(&self, key: &str, default: &str) -> Result<String> {
-        match self.get(key) {
-            None => Ok(default.to_string()),
-            Some(toml::Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(self.err(key, format!("must be a string, got {v}"))),
+impl Document {
+    /// The rules the physics and the kernels need, checked table by table ([device],
+    /// [physical], [model], [training]); the Julia expressions parsed.
+    fn validate(self, path: &Path) -> Result<Config> {
+        let file = path.display().to_string();
+        let version = match self.config.version {
+            toml::Value::String(s) => s,
+            v => v.to_string(),
+        };
+        Ok(Config {
+            source: path.to_path_buf(),
+            version,
+            device_id: self.device.validate(&file)?,
+            physical: self.physical.validate(&file)?,
+            model: self.model.validate(&file)?,
+            training: self.training.validate(&file)?,
+        })
+    }
+}
+
+impl DeviceTable {
+    fn validate(self, file: &str) -> Result<Option<i64>> {
+        let c = Check {
+            file,
+            table: "device",
+        };
+        self.device_id
+            .map(|id| c.int_in("device_id", id, -1, i64::from(u16::MAX)))
+            .transpose()
+    }
+}
+
+impl PhysicalTable {
+    fn validate(self, file: &str) -> Result<Physical> {
+        let c = Check {
+            file,
+            table: "physical",
+        };
+        let nd = c.int_in("Nd", c.required("Nd", self.nd)?, 1, 4)? as usize;
+        let l = c.int_in("L", c.required("L", self.l)?, 2, 1 << 16)?;
+        if l % 2 != 0 {
+            return Err(c.err(
+                "L",
+                format!(
+                    "must be even so that the checkerboard closes across the periodic boundary, got {l}"
+                ),
+            ));
+        }
+        let volume = (l as u128).pow(nd as u32);
+        if volume > MAX_SITES as u128 {
+            return Err(c.err(
+                "L",
+                format!(
+                    "= {l} with Nd = {nd} gives {volume} sites; at most {MAX_SITES} are supported"
+                ),
+            ));
+        }
+        let m2 = c.finite("M2", c.required("M2", self.m2)?)?;
+        let lam = c.finite("lam", c.required("lam", self.lam)?)?;
+        if lam < 0.0 {
+            return Err(c.err(
+                "lam",
+                format!("must be >= 0 (a negative λ leaves the action unbounded below), got {lam}"),
+            ));
+        }
+        if lam == 0.0 && m2 <= 0.0 {
+            return Err(c.err(
+                "M2",
+                format!(
+                    "must be > 0 when lam = 0 (the free field needs a positive mass), got {m2}"
+                ),
+            ));
+        }
+        Ok(Physical {
+            l: l as usize,
+            nd,
+            m2,
+            lam,
+        })
+    }
+}
+
+impl ModelTable {
+    fn validate(self, file: &str) -> Result<Model> {
+        let c = Check {
+            file,
+            table: "model",
+        };
+        let hidden_sizes = self
+            .hidden_sizes
+            .iter()
+            .map(|&h| {
+                if (1..=MAX_CHANNELS as i64).contains(&h) {
+                    Ok(h as usize)
+                } else {
+                    Err(c.err(
+                        "hidden_sizes",
+                        format!("must be {}; got {h}", c.what("hidden_sizes")),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kernel_size = c.int_in("kernel_size", self.kernel_size, 1, 15)?;
+        if kernel_size % 2 == 0 {
+            return Err(c.err(
+                "kernel_size",
+                format!("must be odd (a centred periodic window), got {kernel_size}"),
+            ));
+        }
+        if self.in_c != 1 {
+            return Err(c.err(
+                "inC",
+                format!("must be 1 (one real field per site), got {}", self.in_c),
+            ));
+        }
+        if self.out_c != 2 {
+            return Err(c.err(
+                "outC",
+                format!("must be 2 (the coupling's s and t), got {}", self.out_c),
+            ));
+        }
+        if self.use_bn {
+            return Err(c.err(
+                "use_bn",
+                "= true is not supported: batch normalisation makes log q depend on the batch; use false",
+            ));
+        }
+        Ok(Model {
+            seed: c.int_in("seed", self.seed, 0, i64::MAX)? as u64,
+            n_layers: c.int_in("n_layers", self.n_layers, 1, 1024)? as usize,
+            hidden_sizes,
+            kernel_size: kernel_size as usize,
+            in_c: 1,
+            out_c: 2,
+            use_final_tanh: self.use_final_tanh,
+            use_bn: false,
+        })
+    }
+}
+
+impl TrainingTable {
+    fn validate(self, file: &str) -> Result<Training> {
+        let c = Check {
+            file,
+            table: "training",
+        };
+        if !self.opt.eq_ignore_ascii_case("adam") {
+            return Err(c.err(
+                "opt",
+                format!("= {:?} is not supported; accepted: \"Adam\"", self.opt),
+            ));
+        }
+        let prior = julia::prior(&self.prior).map_err(|e| {
+            c.err(
+                "prior",
+                format!(
+                    "= {:?} is not understood ({e}); accepted: \"Normal{{Float32}}(0.f0, 1.f0)\" \
+                     or \"Potential{{Float32}}(; m²=-4f0, λ=8f0)\" (optionally with xmin=, xmax=)",
+                    self.prior
+                ),
+            )
+        })?;
+        let lr_scheduler = julia::schedule(&self.lr_scheduler).map_err(|e| {
+            c.err(
+                "lr_scheduler",
+                format!(
+                    "= {:?} is not understood ({e}); accepted: \"\" (constant) or \
+                     \"Step(0.001f0, 0.1f0, [200])\" (start, decay, epochs per step)",
+                    self.lr_scheduler
+                ),
+            )
+        })?;
+        let base_lr = c.finite("base_lr", self.base_lr)?;
+        if base_lr <= 0.0 {
+            return Err(c.err("base_lr", format!("must be > 0, got {base_lr}")));
+        }
+        let batchsize = c.int_in("batchsize", self.batchsize, 1, 65535)? as usize;
+        let eval_samples = c.int_in("eval_samples", self.eval_samples, 1024, 1 << 24)? as usize;
+        let eval_batchsize = c.int_in("eval_batchsize", self.eval_batchsize, 1, 65535)? as usize;
+        Ok(Training {
+            seed: c.int_in("seed", self.seed, 0, i64::MAX)? as u64,
+            batchsize,
+            epochs: c.int_in("epochs", self.epochs, 1, i64::MAX)? as u64,
+            iterations: c.int_in("iterations", self.iterations, 1, i64::MAX)? as u64,
+            base_lr,
+            opt: "Adam".into(),
+            prior,
+            lr_scheduler,
+            pretrained: self.pretrained,
+            eval_samples,
+            eval_batchsize,
+        })
+    }
+}
+
+impl From<&Config> for Document {
+    /// Every key explicit.
+    fn from(c: &Config) -> Document {
+        let (t, p, m) = (&c.training, &c.physical, &c.model);
+        Document {
+            config: ConfigTable {
+                version: toml::Value::String(c.version.clone()),
+            },
+            device: DeviceTable {
+                device_id: c.device_id,
+            },
+            training: TrainingTable {
+                seed: t.seed as i64,
+                batchsize: t.batchsize as i64,
+                epochs: t.epochs as i64,
+                iterations: t.iterations as i64,
+                base_lr: t.base_lr,
+                opt: t.opt.clone(),
+                prior: t.prior.julia(),
+                lr_scheduler: t.lr_scheduler.julia(),
+                pretrained: t.pretrained.clone(),
+                eval_samples: t.eval_samples as i64,
+                eval_batchsize: t.eval_batchsize as i64,
+            },
+            physical: PhysicalTable {
+                l: Some(p.l as i64),
+                nd: Some(p.nd as i64),
+                m2: Some(p.m2),
+                lam: Some(p.lam),
+            },
+            model: ModelTable {
+                seed: m.seed as i64,
+                n_layers: m.n_layers as i64,
+                hidden_sizes: m.hidden_sizes.iter().map(|&h| h as i64).collect(),
+                kernel_size: m.kernel_size as i64,
+                in_c: m.in_c as i64,
+                out_c: m.out_c as i64,
+                use_final_tanh: m.use_final_tanh,
+                use_bn: m.use_bn,
+            },
         }
     }
+}
 
-    fn boolean(&self, key: &str, default: bool) -> Result<bool> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(toml::Value::Boolean(b)) => Ok(*b),
-            Some(v) => Err(self.err(key, format!("must be true or false, got {v}"))),
+/// Where in the file an error points.
+enum Place {
+    /// `[table].key`.
+    Key(String, String),
+    /// A top-level table.
+    Table(String),
+    /// A top-level key whose value is not a table.
+    TopKey(String),
+}
+
+/// The key (or table) at byte `at` of the file: serde's errors point at the offending key (an
+/// unknown one) or value (a wrong type).
+fn locate(text: &str, at: usize) -> Option<Place> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let hit = |s: std::ops::Range<usize>| s.contains(&at) || s.start == at;
+    for (name, value) in doc.get_ref().iter() {
+        if let Some(t) = value.get_ref().as_table() {
+            for (k, v) in t.iter() {
+                if hit(k.span()) || hit(v.span()) {
+                    return Some(Place::Key(
+                        name.get_ref().to_string(),
+                        k.get_ref().to_string(),
+                    ));
+                }
+            }
         }
+    }
+    for (name, value) in doc.get_ref().iter() {
+        if hit(name.span()) || hit(value.span()) {
+            let name = name.get_ref().to_string();
+            return Some(match value.get_ref().as_table() {
+                Some(_) => Place::Table(name),
+                None => Place::TopKey(name),
+            });
+        }
+    }
+    None
+}
+
+/// serde's error (an unknown table or key, a value of the wrong type) with the file, the key and
+/// what the key accepts.
+fn serde_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let msg = e.message().trim_end();
+    match e.span().and_then(|s| locate(text, s.start)) {
+        Some(Place::Key(table, key)) => match accepted(&table, &key) {
+            Some(what) => anyhow!("{file}: [{table}].{key}: {msg}; accepted: {what}"),
+            None => anyhow!("{file}: [{table}].{key}: {msg}"),
+        },
+        Some(Place::Table(name)) => anyhow!("{file}: [{name}]: {msg}"),
+        Some(Place::TopKey(name)) => anyhow!("{file}: top-level key {name}: {msg}"),
+        None => anyhow!("{file}: {}", e.to_string().trim_end()),
     }
 }
 
@@ -250,267 +704,13 @@ impl Config {
     /// Validate config text; `path` is only used to name the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let file = path.display().to_string();
-        let root: toml::Table = toml::from_str(text)
-            .map_err(|e| anyhow!("{file}: malformed TOML: {}", e.to_string().trim_end()))?;
-
-        for (name, value) in &root {
-            let Some((_, keys)) = TABLES.iter().find(|(t, _)| t == name) else {
-                bail!(
-                    "{file}: unknown table or key {name:?} at top level; accepted tables: {}",
-                    TABLES
-                        .iter()
-                        .map(|(t, _)| format!("[{t}]"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            };
-            let Some(t) = value.as_table() else {
-                bail!("{file}: {name} must be a table [{name}], got {value}");
-            };
-            for k in t.keys() {
-                if !keys.contains(&k.as_str()) {
-                    bail!(
-                        "{file}: unknown key [{name}].{k}; accepted keys of [{name}]: {}",
-                        keys.join(", ")
-                    );
-                }
-            }
-        }
-        let table = |name: &'static str| Reader {
-            file: &file,
-            table: name,
-            t: root.get(name).and_then(|v| v.as_table()),
-        };
-
-        let c = table("config");
-        let version = match c.get("version") {
-            None => "0.1.0".to_string(),
-            Some(toml::Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-        };
-
-        let d = table("device");
-        let device_id = match d.get("device_id") {
-            None => None,
-            Some(_) => Some(d.int_in(
-                "device_id",
-                None,
-                -1,
-                i64::from(u16::MAX),
-                "-1 (the software adapter) or the index N >= 0 of an adapter in `gomaflow-wgpu devices`",
-            )?),
-        };
-
-        let p = table("physical");
-        let nd = p.int_in("Nd", None, 1, 4, "the number of dimensions, 1, 2, 3 or 4")? as usize;
-        let l = p.int_in(
-            "L",
-            None,
-            2,
-            1 << 16,
-            "the lattice extent, an even integer >= 2",
-        )?;
-        if l % 2 != 0 {
-            return Err(p.err(
-                "L",
-                format!(
-                    "must be even so that the checkerboard closes across the periodic boundary, got {l}"
-                ),
-            ));
-        }
-        let volume = (l as u128).pow(nd as u32);
-        if volume > MAX_SITES as u128 {
-            return Err(p.err(
-                "L",
-                format!(
-                    "= {l} with Nd = {nd} gives {volume} sites; at most {MAX_SITES} are supported"
-                ),
-            ));
-        }
-        let m2 = p.float("M2", None, "the bare mass squared m², a number")?;
-        let lam = p.float("lam", None, "the quartic coupling λ, a number >= 0")?;
-        if lam < 0.0 {
-            return Err(p.err(
-                "lam",
-                format!("must be >= 0 (a negative λ leaves the action unbounded below), got {lam}"),
-            ));
-        }
-        if lam == 0.0 && m2 <= 0.0 {
-            return Err(p.err(
-                "M2",
-                format!(
-                    "must be > 0 when lam = 0 (the free field needs a positive mass), got {m2}"
-                ),
-            ));
-        }
-        let physical = Physical {
-            l: l as usize,
-            nd,
-            m2,
-            lam,
-        };
-
-        let m = table("model");
-        let hidden_sizes = match m.get("hidden_sizes") {
-            None => vec![8, 8],
-            Some(toml::Value::Array(a)) => a
-                .iter()
-                .map(|v| match v {
-                    toml::Value::Integer(i) if *i >= 1 && *i as usize <= MAX_CHANNELS => {
-                        Ok(*i as usize)
-                    }
-                    _ => Err(m.err(
-                        "hidden_sizes",
-                        format!(
-                            "must be a list of channel counts in 1..={MAX_CHANNELS}, e.g. [8, 8]; got {v}"
-                        ),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?,
-            Some(v) => {
-                return Err(m.err(
-                    "hidden_sizes",
-                    format!("must be a list of channel counts, e.g. [8, 8]; got {v}"),
-                ));
-            }
-        };
-        let kernel_size = m.int_in(
-            "kernel_size",
-            Some(3),
-            1,
-            15,
-            "an odd kernel size in 1..=15",
-        )?;
-        if kernel_size % 2 == 0 {
-            return Err(m.err(
-                "kernel_size",
-                format!("must be odd (a centred periodic window), got {kernel_size}"),
-            ));
-        }
-        let in_c = m.int("inC", Some(1), "1")?;
-        if in_c != 1 {
-            return Err(m.err(
-                "inC",
-                format!("must be 1 (one real field per site), got {in_c}"),
-            ));
-        }
-        let out_c = m.int("outC", Some(2), "2")?;
-        if out_c != 2 {
-            return Err(m.err(
-                "outC",
-                format!("must be 2 (the coupling's s and t), got {out_c}"),
-            ));
-        }
-        let use_bn = m.boolean("use_bn", false)?;
-        if use_bn {
-            return Err(m.err(
-                "use_bn",
-                "= true is not supported: batch normalisation makes log q depend on the batch; use false",
-            ));
-        }
-        let model = Model {
-            seed: m.int_in("seed", Some(2021), 0, i64::MAX, "a seed, an integer >= 0")? as u64,
-            n_layers: m.int_in(
-                "n_layers",
-                Some(16),
-                1,
-                1024,
-                "the number of coupling layers, 1..=1024",
-            )? as usize,
-            hidden_sizes,
-            kernel_size: kernel_size as usize,
-            in_c: 1,
-            out_c: 2,
-            use_final_tanh: m.boolean("use_final_tanh", true)?,
-            use_bn,
-        };
-
-        let t = table("training");
-        let opt = t.string("opt", "Adam")?;
-        if !opt.eq_ignore_ascii_case("adam") {
-            return Err(t.err(
-                "opt",
-                format!("= {opt:?} is not supported; accepted: \"Adam\""),
-            ));
-        }
-        let prior_s = t.string("prior", "Normal{Float32}(0.f0, 1.f0)")?;
-        let prior = julia::prior(&prior_s).map_err(|e| {
-            t.err(
-                "prior",
-                format!(
-                    "= {prior_s:?} is not understood ({e}); accepted: \"Normal{{Float32}}(0.f0, 1.f0)\" \
-                     or \"Potential{{Float32}}(; m²=-4f0, λ=8f0)\" (optionally with xmin=, xmax=)"
-                ),
-            )
-        })?;
-        let sched_s = t.string("lr_scheduler", "")?;
-        let lr_scheduler = julia::schedule(&sched_s).map_err(|e| {
-            t.err(
-                "lr_scheduler",
-                format!(
-                    "= {sched_s:?} is not understood ({e}); accepted: \"\" (constant) or \
-                     \"Step(0.001f0, 0.1f0, [200])\" (start, decay, epochs per step)"
-                ),
-            )
-        })?;
-        let base_lr = t.float("base_lr", Some(1e-3), "the learning rate, a number > 0")?;
-        if base_lr <= 0.0 {
-            return Err(t.err("base_lr", format!("must be > 0, got {base_lr}")));
-        }
-        let batchsize = t.int_in(
-            "batchsize",
-            Some(64),
-            1,
-            65535,
-            "the training batch, an integer in 1..=65535",
-        )? as usize;
-        let eval_samples = t.int_in(
-            "eval_samples",
-            Some(8192),
-            1024,
-            1 << 24,
-            "the proposals of each evaluation, an integer >= 1024",
-        )? as usize;
-        let eval_batchsize = t.int_in(
-            "eval_batchsize",
-            Some(1024),
-            1,
-            65535,
-            "the evaluation batch, an integer in 1..=65535",
-        )? as usize;
-        let training = Training {
-            seed: t.int_in("seed", Some(12345), 0, i64::MAX, "a seed, an integer >= 0")? as u64,
-            batchsize,
-            epochs: t.int_in(
-                "epochs",
-                Some(40),
-                1,
-                i64::MAX,
-                "the number of epochs, >= 1",
-            )? as u64,
-            iterations: t.int_in(
-                "iterations",
-                Some(100),
-                1,
-                i64::MAX,
-                "the steps per epoch, >= 1",
-            )? as u64,
-            base_lr,
-            opt: "Adam".into(),
-            prior,
-            lr_scheduler,
-            pretrained: t.string("pretrained", "")?,
-            eval_samples,
-            eval_batchsize,
-        };
-        Ok(Config {
-            source: path.to_path_buf(),
-            version,
-            device_id,
-            training,
-            physical,
-            model,
-        })
+        let malformed =
+            |e: toml::de::Error| anyhow!("{file}: malformed TOML: {}", e.to_string().trim_end());
+        // Syntax first, so that a broken file is called that rather than blamed on a key.
+        toml::from_str::<toml::Table>(text).map_err(malformed)?;
+        let de = toml::de::Deserializer::parse(text).map_err(malformed)?;
+        let doc = Document::deserialize(de).map_err(|e| serde_error(&file, text, &e))?;
+        doc.validate(path)
     }
 
     /// The learning rate of a (1-based) epoch.
@@ -520,57 +720,7 @@ impl Config {
 
     /// The resolved configuration as GomalizingFlow-compatible TOML, every key explicit.
     pub fn to_toml(&self) -> String {
-        use toml::Value as V;
-        let mut root = toml::Table::new();
-        let mut c = toml::Table::new();
-        c.insert("version".into(), V::String(self.version.clone()));
-        root.insert("config".into(), V::Table(c));
-        let mut d = toml::Table::new();
-        if let Some(id) = self.device_id {
-            d.insert("device_id".into(), V::Integer(id));
-        }
-        root.insert("device".into(), V::Table(d));
-        let t = &self.training;
-        let mut tr = toml::Table::new();
-        tr.insert("seed".into(), V::Integer(t.seed as i64));
-        tr.insert("batchsize".into(), V::Integer(t.batchsize as i64));
-        tr.insert("epochs".into(), V::Integer(t.epochs as i64));
-        tr.insert("iterations".into(), V::Integer(t.iterations as i64));
-        tr.insert("base_lr".into(), V::Float(t.base_lr));
-        tr.insert("opt".into(), V::String(t.opt.clone()));
-        tr.insert("prior".into(), V::String(t.prior.julia()));
-        tr.insert("lr_scheduler".into(), V::String(t.lr_scheduler.julia()));
-        tr.insert("pretrained".into(), V::String(t.pretrained.clone()));
-        tr.insert("eval_samples".into(), V::Integer(t.eval_samples as i64));
-        tr.insert("eval_batchsize".into(), V::Integer(t.eval_batchsize as i64));
-        root.insert("training".into(), V::Table(tr));
-        let p = &self.physical;
-        let mut ph = toml::Table::new();
-        ph.insert("L".into(), V::Integer(p.l as i64));
-        ph.insert("Nd".into(), V::Integer(p.nd as i64));
-        ph.insert("M2".into(), V::Float(p.m2));
-        ph.insert("lam".into(), V::Float(p.lam));
-        root.insert("physical".into(), V::Table(ph));
-        let m = &self.model;
-        let mut mo = toml::Table::new();
-        mo.insert("seed".into(), V::Integer(m.seed as i64));
-        mo.insert("n_layers".into(), V::Integer(m.n_layers as i64));
-        mo.insert(
-            "hidden_sizes".into(),
-            V::Array(
-                m.hidden_sizes
-                    .iter()
-                    .map(|&h| V::Integer(h as i64))
-                    .collect(),
-            ),
-        );
-        mo.insert("kernel_size".into(), V::Integer(m.kernel_size as i64));
-        mo.insert("inC".into(), V::Integer(1));
-        mo.insert("outC".into(), V::Integer(2));
-        mo.insert("use_final_tanh".into(), V::Boolean(m.use_final_tanh));
-        mo.insert("use_bn".into(), V::Boolean(false));
-        root.insert("model".into(), V::Table(mo));
-        toml::to_string(&root).expect("a TOML table always serialises")
+        toml::to_string(&Document::from(self)).expect("the config's tables always serialise")
     }
 }
 

@@ -77,7 +77,7 @@ fn bad_config_files() {
         ("[physical\nL = 8\n", &["malformed TOML"]),
         (
             "[physical]\nL = 8\nNd = 2\nM2 = -4.0\nlam = 8.0\nlattice = 3\n",
-            &["unknown key [physical].lattice", "accepted keys"],
+            &["[physical].lattice", "unknown field", "expected one of `L`"],
         ),
         (
             "[physical]\nL = \"eight\"\nNd = 2\nM2 = -4.0\nlam = 8.0\n",

@@ -1,7 +1,7 @@
 //! The config format (src/config.rs): GomalizingFlow's TOML with its Julia-expression strings,
 //! every shipped config, and clear errors that name the file, the key and what is accepted.
 
-use gomaflow_wgpu::config::{Config, PriorKind, Schedule, julia};
+use gomaflow_wgpu::config::{Config, PriorKind, Schedule, TABLES, julia};
 use std::path::Path;
 
 const TUTORIAL: &str = include_str!("../configs/phi4_2d_L8.toml");
@@ -221,13 +221,32 @@ fn errors_name_file_key_and_what_is_accepted() {
             &["[model].hidden_sizes", "1..=128"],
         ),
         (with("inC = ", "inC = 2"), &["[model].inC", "must be 1"]),
+        // Unknown keys and wrong types are serde's errors, with the file and the key named.
         (
             with("seed = 12345", "seed = 12345\nbatch_size = 64"),
-            &["unknown key [training].batch_size", "batchsize"],
+            &[
+                "test.toml",
+                "[training].batch_size",
+                "unknown field",
+                "`batchsize`",
+            ],
         ),
         (
             format!("{TUTORIAL}\n[extra]\nx = 1\n"),
-            &["unknown table", "[physical]"],
+            &[
+                "test.toml",
+                "[extra]",
+                "unknown field `extra`",
+                "`physical`",
+            ],
+        ),
+        (
+            with("hidden_sizes = ", "hidden_sizes = [8, \"8\"]"),
+            &["test.toml", "[model].hidden_sizes", "1..=128"],
+        ),
+        (
+            with("[model]", "[[model]]"),
+            &["test.toml", "model", "expected a table"],
         ),
         (
             "[physical\nL = 8".to_string(),
@@ -246,6 +265,48 @@ fn errors_name_file_key_and_what_is_accepted() {
         let e = error_of(&text);
         for w in want {
             assert!(e.contains(w), "error {e:?} lacks {w:?}");
+        }
+    }
+}
+
+/// `TABLES` names exactly the keys the config's tables read: the resolved form writes each of
+/// them, and a value of the wrong type for each is refused with the key and what it accepts.
+#[test]
+fn tables_lists_every_key() {
+    let c = parse(&with("[device]", "[device]\ndevice_id = 0")).unwrap();
+    let written: toml::Table = toml::from_str(&c.to_toml()).unwrap();
+    let keys_of = |t: &toml::Table| {
+        t.iter()
+            .flat_map(|(name, v)| {
+                let table = v.as_table().unwrap();
+                table.keys().map(move |k| format!("[{name}].{k}"))
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let listed = TABLES
+        .iter()
+        .flat_map(|(name, keys)| keys.iter().map(move |k| format!("[{name}].{k}")))
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(keys_of(&written), listed);
+    let date: toml::value::Datetime = "1979-05-27".parse().unwrap();
+    for (name, keys) in TABLES {
+        for key in *keys {
+            let mut doc = written.clone();
+            doc[*name]
+                .as_table_mut()
+                .unwrap()
+                .insert(key.to_string(), toml::Value::Datetime(date));
+            let text = toml::to_string(&doc).unwrap();
+            if (*name, *key) == ("config", "version") {
+                // Any value: GomalizingFlow's configs only carry it along.
+                assert_eq!(parse(&text).unwrap().version, "1979-05-27");
+                continue;
+            }
+            let e = error_of(&text);
+            for w in ["test.toml", &format!("[{name}].{key}"), "accepted: "] {
+                assert!(e.contains(w), "error {e:?} lacks {w:?}");
+            }
+            assert!(!e.contains("unknown"), "{e}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `gomaflow-wgpu bench [CONFIG.toml] [--json]`.
 
+use super::CommonArgs;
 use crate::bench::{self, BenchOptions};
 use crate::config::Config;
 use crate::gpu::{AdapterChoice, Gpu};
@@ -10,32 +11,69 @@ use std::path::PathBuf;
 /// The tutorial config, built in so that `bench` runs without a file.
 pub const TUTORIAL: &str = include_str!("../../configs/phi4_2d_L8.toml");
 
-pub fn run(
-    config: Option<PathBuf>,
-    json: bool,
-    adapter: Option<String>,
-    steps: usize,
-    batch: Option<usize>,
-    fusion: Fusion,
-) -> Result<()> {
-    let (mut cfg, name) = match &config {
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Training steps timed.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100000))]
+    pub steps: u64,
+    /// Override training.batchsize.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65535))]
+    pub batch: Option<u64>,
+    /// Each coupling layer as one dispatch each way: auto (on GPUs; on CPU adapters for
+    /// batch x volume <= 512), on (wherever it fits), off (one launch per kernel).
+    #[arg(long, value_enum, default_value_t = FusionArg::Auto)]
+    pub fusion: FusionArg,
+}
+
+/// `--fusion`: the command line's spelling of `tape::Fusion` (so that the tape needs no clap);
+/// the variants' docs are `--help`'s descriptions of the values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FusionArg {
+    /// On GPUs (where launches are what a small step costs; not measured: no GPU was at
+    /// hand). On CPU adapters where it was measured to pay: batch x volume at most
+    /// `SOFTWARE_FUSE_MAX_SITES`.
+    Auto,
+    /// Wherever the net's shape and the adapter's workgroup memory allow.
+    On,
+    /// Never.
+    Off,
+}
+
+impl From<FusionArg> for Fusion {
+    fn from(f: FusionArg) -> Fusion {
+        match f {
+            FusionArg::Auto => Fusion::Auto,
+            FusionArg::On => Fusion::On,
+            FusionArg::Off => Fusion::Off,
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let (mut cfg, name) = match &args.config {
         Some(p) => (Config::load(p)?, p.display().to_string()),
         None => (
             Config::parse(TUTORIAL, &PathBuf::from("configs/phi4_2d_L8.toml"))?,
             "configs/phi4_2d_L8.toml (built in)".to_string(),
         ),
     };
-    if let Some(b) = batch {
-        cfg.training.batchsize = b;
+    if let Some(b) = args.batch {
+        cfg.training.batchsize = b as usize;
     }
-    let gpu = Gpu::new(&AdapterChoice::new(adapter.as_deref(), cfg.device_id))?;
+    let gpu = Gpu::new(&AdapterChoice::new(
+        args.common.adapter.as_deref(),
+        cfg.device_id,
+    ))?;
     let opts = BenchOptions {
-        steps,
-        fusion,
+        steps: args.steps as usize,
+        fusion: args.fusion.into(),
         ..Default::default()
     };
     let report = bench::run(&gpu, &cfg, &name, &opts)?;
-    if json {
+    if args.common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         bench::print(&report);

@@ -1,5 +1,6 @@
 //! `gomaflow-wgpu hmc CONFIG.toml`: the HMC baseline on the GPU, with the same observables.
 
+use super::CommonArgs;
 use crate::config::Config;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::lattice::Lattice;
@@ -9,27 +10,43 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
-pub struct Args {
+#[derive(clap::Args, Debug, Clone)]
+pub struct HmcArgs {
     pub config: PathBuf,
-    pub trajectories: usize,
-    pub chains: usize,
-    pub burn_in: usize,
-    pub steps: usize,
+    /// Measured trajectories per chain (after burn-in).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
+    pub trajectories: u64,
+    /// Independent chains run side by side.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65535))]
+    pub chains: u64,
+    /// Trajectories discarded first; the step size is tuned in the first half.
+    #[arg(long, default_value_t = 200)]
+    pub burn_in: u64,
+    /// Leapfrog steps per trajectory.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub steps: u64,
+    /// Initial leapfrog step size (tuned towards 80% acceptance during burn-in).
+    #[arg(long, default_value_t = 0.1)]
     pub step_size: f64,
+    /// Seed [default: training.seed].
+    #[arg(long)]
     pub seed: Option<u64>,
-    pub json: bool,
-    pub adapter: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: HmcArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
-    let gpu = Gpu::new(&AdapterChoice::new(a.adapter.as_deref(), cfg.device_id))?;
+    let gpu = Gpu::new(&AdapterChoice::new(
+        a.common.adapter.as_deref(),
+        cfg.device_id,
+    ))?;
     let opts = HmcOptions {
-        chains: a.chains,
-        trajectories: a.trajectories,
-        burn_in: a.burn_in,
+        chains: a.chains as usize,
+        trajectories: a.trajectories as usize,
+        burn_in: a.burn_in as usize,
         eps: a.step_size,
-        n_steps: a.steps,
+        n_steps: a.steps as usize,
         target_acceptance: 0.8,
         seed: a.seed.unwrap_or(cfg.training.seed),
     };
@@ -48,7 +65,7 @@ pub fn run(a: Args) -> Result<()> {
     let lat = Lattice::new(cfg.physical.nd, cfg.physical.l);
     let s = Summary::of(&lat, &run.primaries);
     let per_sample = run.seconds / (opts.trajectories * opts.chains).max(1) as f64;
-    if a.json {
+    if a.common.json {
         let (obs, corr) = s.json();
         let j = serde_json::json!({
             "config": a.config.display().to_string(),

@@ -1,7 +1,19 @@
-//! One file per subcommand; `main.rs` parses the command line and hands over to one of these.
+//! One file per subcommand, each with its arguments (a `clap::Args` struct) and its `run`;
+//! `main.rs` parses the command line and hands over to one of these.
 
 pub mod bench;
 pub mod devices;
 pub mod hmc;
 pub mod sample;
 pub mod train;
+
+/// The flags of the commands that report measurements (`sample`, `hmc`, `bench`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Use the adapter whose name contains this (see `devices`).
+    #[arg(long)]
+    pub adapter: Option<String>,
+}

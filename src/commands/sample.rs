@@ -1,6 +1,7 @@
 //! `gomaflow-wgpu sample RUN_DIR`: the exact Markov chain a trained flow drives, and the physics
 //! measured on it.
 
+use super::CommonArgs;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::lattice::Lattice;
 use crate::observables::Summary;
@@ -56,9 +57,48 @@ pub fn plot_correlator(path: &Path, s: &Summary, title: &str) -> Result<()> {
     )
 }
 
-pub fn run(dir: PathBuf, opts: SampleOptions, json: bool, adapter: Option<String>) -> Result<()> {
+#[derive(clap::Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// The run directory of `train`.
+    pub run_dir: PathBuf,
+    /// Chain length (proposals), burn-in included.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(2..=100_000_000))]
+    pub samples: u64,
+    /// Steps discarded at the start of the chain.
+    #[arg(long, default_value_t = 1000)]
+    pub burn_in: u64,
+    /// Seed of the proposals and the accept/reject decisions [default: training.seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write the chain's configurations (after burn-in) as .npy, shape [N, L, ..., L].
+    #[arg(long)]
+    pub save_npy: Option<PathBuf>,
+    /// Proposals per GPU batch.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65535))]
+    pub batch: u64,
+    /// Use the last checkpoint instead of the best (by acceptance).
+    #[arg(long)]
+    pub latest: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let dir = args.run_dir;
+    let json = args.common.json;
+    let opts = SampleOptions {
+        samples: args.samples as usize,
+        burn_in: args.burn_in as usize,
+        seed: args.seed,
+        batch: args.batch as usize,
+        latest: args.latest,
+        save_npy: args.save_npy,
+    };
     let (cfg, _) = sample::open_run(&dir, opts.latest)?;
-    let gpu = Gpu::new(&AdapterChoice::new(adapter.as_deref(), cfg.device_id))?;
+    let gpu = Gpu::new(&AdapterChoice::new(
+        args.common.adapter.as_deref(),
+        cfg.device_id,
+    ))?;
     let pb = ProgressBar::new(opts.samples as u64);
     pb.set_style(
         ProgressStyle::with_template("sample [{bar:30}] {pos}/{len} proposals {per_sec} ETA {eta}")

@@ -12,12 +12,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub struct Args {
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The config file.
     pub config: PathBuf,
+    /// The run directory [default: runs/<config file stem>].
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue the run in the run directory from its last checkpoint.
+    #[arg(long)]
     pub resume: bool,
+    /// Check the config, build the model and the buffer plan, print them, and exit.
+    #[arg(long)]
     pub dry_run: bool,
+    /// Use the adapter whose name contains this (see `devices`); overrides device_id.
+    #[arg(long)]
     pub adapter: Option<String>,
+    /// Train this many epochs instead of training.epochs (e.g. to extend a run).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
 }
 
@@ -141,7 +153,7 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
 }
 
 /// Returns the process exit code.
-pub fn run(args: Args) -> Result<u8> {
+pub fn run(args: TrainArgs) -> Result<u8> {
     let cfg = Config::load(&args.config)?;
     let gpu = Gpu::new(&AdapterChoice::new(args.adapter.as_deref(), cfg.device_id))?;
     let out = args
