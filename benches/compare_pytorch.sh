@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side step times: gomaflow-wgpu's `bench --json` and the PyTorch reference
-# (../shared/peers/pytorch_flow.py, or PYTORCH_FLOW=path) on the same machine and configs.
+# (benches/peers/pytorch_flow.py, or PYTORCH_FLOW=path) on the same machine and configs.
 # Usage: benches/compare_pytorch.sh PYTHON [THREADS] [DEVICE]
 #   PYTHON  a Python with torch (e.g. a virtualenv outside the repo: python -m venv ~/torchenv &&
 #           ~/torchenv/bin/pip install torch numpy)
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${1:?usage: $0 PYTHON [THREADS] [DEVICE]}
 THREADS=${2:-$(nproc)}
 DEVICE=${3:-cpu}
-PEER=${PYTORCH_FLOW:-../shared/peers/pytorch_flow.py}
+PEER=${PYTORCH_FLOW:-benches/peers/pytorch_flow.py}
 BIN=target/release/gomaflow-wgpu
 cargo build --release -q
 # name | our config | steps | pytorch args

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements of BENCHMARKS.md in one prepared run, for a machine with a real GPU (the
-# device tool's H200, where a task is lent one; see ../.library/device/README.md). It needs no
-# Rust there: build and strip the binary here, carry it with the Vulkan loader and the PyTorch
-# peer, and run this script as the one device command:
+# The GPU measurements of BENCHMARKS.md in one prepared run, for a machine with a real GPU (an
+# NVIDIA one: --run uses its Vulkan ICD where present). It needs no Rust there: build and strip
+# the binary here, copy it along with the Vulkan loader and the PyTorch peer (all in .device/),
+# and run this script there as one command from a copy of the repository:
 #
 #   here, once:   benches/device.sh --prepare        (fills .device/, ignored by git)
-#   device run:   command "benches/device.sh --run $OUT", carry [".device"], timeout_s 540
+#   GPU machine:  benches/device.sh --run OUT        (with .device/ copied into the repository)
 #
 # --run writes everything to one log (bench tables, bench JSON, PyTorch JSON lines) under OUT:
 # for each config, `bench --fusion on` and `--fusion off` (whole coupling layers against one
@@ -23,8 +23,8 @@ case "${1:-}" in
   grep -qx "/$DEV/" .git/info/exclude 2>/dev/null || echo "/$DEV/" >>.git/info/exclude
   cp target/release/gomaflow-wgpu "$DEV/gomaflow-wgpu"
   strip "$DEV/gomaflow-wgpu"
-  cp ../shared/peers/pytorch_flow.py "$DEV/"
-  # The Vulkan loader and GL vendor libraries, as the device README says (x86-64 packages).
+  cp benches/peers/pytorch_flow.py "$DEV/"
+  # The Vulkan loader and GL vendor libraries (x86-64 packages), which --run unpacks there.
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   # shellcheck disable=SC2086
   apt-get $o update -qq && (cd "$DEV/gl" && apt-get $o download -qq libvulkan1 libegl1 \
@@ -45,7 +45,7 @@ case "${1:-}" in
   BIN=$DEV/gomaflow-wgpu
   [ -x "$BIN" ] || BIN=target/release/gomaflow-wgpu
   PEER=$DEV/pytorch_flow.py
-  [ -f "$PEER" ] || PEER=../shared/peers/pytorch_flow.py
+  [ -f "$PEER" ] || PEER=benches/peers/pytorch_flow.py
   nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv 2>/dev/null || true
   $BIN devices
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' || true

@@ -256,7 +256,7 @@ var<workgroup> wacc: array<f32, WSPAN>;
 // output h[hin + ci V + s], its weights (and their gradients in wacc) start at wo. Adds its
 // weight and bias gradients into wacc and writes its input's pre-activation gradient
 // (dL/dinput times LeakyReLU') to gact[gdst + ci V + s]. (ci0, r0): this thread's first
-// weight-gradient pair. Called with constant cout (2 or HID), so its loops unroll as before.
+// weight-gradient pair. Called only with constant cout (2 or HID), so its loops can unroll.
 fn conv_backward(lid: u32, ci0: u32, r0: u32, cout: u32, gsrc: u32, hin: u32, gdst: u32, wo: u32) {
     // Weight gradients: pairs (input channel, row of TPT taps), cout output channels each.
     var ci = ci0;

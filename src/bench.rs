@@ -97,7 +97,7 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         &params,
         &counter,
     )
-    .with_context(|| crate::train::training_batch(cfg))?;
+    .with_context(|| cfg.sizes("training.batchsize", cfg.training.batchsize))?;
     // Warm up: pipelines compiled, caches filled.
     for _ in 0..3 {
         tape.submit_step(gpu);
@@ -161,7 +161,7 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         },
         &params,
     )
-    .with_context(|| format!("planning a batch of {} proposals (--batch)", o.sample_batch))?;
+    .with_context(|| cfg.sizes("--batch", o.sample_batch))?;
     // Warm-up batch; where one batch already takes long (large lattices on a CPU adapter),
     // it is the measurement, and otherwise as many batches as fit in about 10 s are timed.
     let s = Instant::now();

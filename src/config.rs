@@ -714,6 +714,20 @@ impl Config {
     }
 
     /// The learning rate of a (1-based) epoch.
+    /// The settings that size a tape, named as the user set them, for an error saying that
+    /// the tape does not fit the adapter (`batch_key` names where `batch` came from).
+    pub fn sizes(&self, batch_key: &str, batch: usize) -> String {
+        format!(
+            "planning a batch of {batch} ({batch_key}) on physical.L = {}, physical.Nd = {} \
+             with model.hidden_sizes = {:?}, model.kernel_size = {} ({})",
+            self.physical.l,
+            self.physical.nd,
+            self.model.hidden_sizes,
+            self.model.kernel_size,
+            self.source.display()
+        )
+    }
+
     pub fn lr(&self, epoch: u64) -> f64 {
         self.training.lr_scheduler.lr(self.training.base_lr, epoch)
     }

@@ -115,7 +115,7 @@ pub fn run_hmc(
     let mut jitter = Philox::new(opts.seed, crate::rng::stream::HMC_JITTER);
     for i in 0..total {
         // A step size jittered by +-20% per trajectory: a fixed trajectory length leaves modes
-        // whose period divides it nearly frozen (the free field's phi^2 had tau_int ~ 60).
+        // whose period divides it nearly frozen (then the free field's phi^2 has tau_int ~ 60).
         hmc.set_step_size(gpu, eps * jitter.uniform_in(0.8, 1.2));
         hmc.submit(gpu, i as u32);
         if i < opts.burn_in {

@@ -397,7 +397,7 @@ impl Summary {
         }
     }
 
-    /// The `observables` and `correlator` objects of DESIGN §5.
+    /// The `observables` and `correlator` objects of `sample --json` (see README).
     pub fn json(&self) -> (serde_json::Value, serde_json::Value) {
         use serde_json::json;
         let pair = |a: &Autocorr| json!([a.mean, a.error]);

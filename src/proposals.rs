@@ -63,8 +63,7 @@ impl Proposer {
             lr: 0.0,
             fusion: crate::tape::Fusion::Auto,
         };
-        Self::from_spec(gpu, spec, params)
-            .with_context(|| format!("planning a batch of {batch} proposals ({batch_key})"))
+        Self::from_spec(gpu, spec, params).with_context(|| cfg.sizes(batch_key, batch))
     }
 
     /// A proposer from a whole inference tape spec (e.g. to choose its `fusion`).

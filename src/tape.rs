@@ -4,6 +4,11 @@
 //! reverse, then Adam. Each op knows its forward and backward dispatches (one backward rule per
 //! op); the buffers wire gradients from op to op.
 //!
+//! Building goes in three steps: each coupling layer's execution is chosen once (`Exec`: whole
+//! layer or one launch per kernel, `choose_exec`); `Buffers::plan` sizes and names every
+//! buffer in one place; one function per execution (`wire_whole`, `wire_per_kernel`) builds a
+//! layer's ops from the model's description of it (`FlowSpec::nets`).
+//!
 //! Fusions that cut dispatches and memory traffic (each checked by the kernel tests):
 //! the checkerboard mask and activations run inside the convolutions; each convolution's input
 //! gradient is multiplied by the activation derivative of the layer below in the same kernel;
@@ -18,15 +23,14 @@ use crate::gpu::{Dispatch, Gpu, GpuBuffer, Usage};
 use crate::kernels::LatticeBuffers;
 use crate::kernels::action::{Action, ActionSpec};
 use crate::kernels::adam::{Adam, AdamSpec};
-use crate::kernels::conv::{
-    Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, ConvTiling, InputGrad,
-};
+use crate::kernels::conv::{Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad};
 use crate::kernels::coupling::{Coupling, CouplingBuffers, CouplingGrads, CouplingSpec};
 use crate::kernels::coupling_layer::{
     CouplingLayer, CouplingLayerBuffers, CouplingLayerGrads, CouplingLayerSpec, activation_offsets,
 };
 use crate::kernels::prior::{Prior, PriorSpec};
 use crate::kernels::reduce;
+use crate::kernels::tiling::ConvTiling;
 use anyhow::{Context, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +62,10 @@ pub struct TapeSpec {
 /// Whether each coupling layer runs as one dispatch forward and one (plus a reduction)
 /// backward (`kernels::coupling_layer`) instead of one launch per convolution and one for the
 /// coupling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fusion {
-    /// On GPUs (where launches are what a small step costs; not measured: no GPU was at
-    /// hand). On CPU adapters where it was measured to pay: batch x volume at most
+    /// On GPUs (where launches are what a small step costs; not measured on a GPU). On CPU
+    /// adapters where it was measured to pay: batch x volume at most
     /// `SOFTWARE_FUSE_MAX_SITES`.
     Auto,
     /// Wherever the net's shape and the adapter's workgroup memory allow.
@@ -119,6 +123,9 @@ pub enum Op {
     Loss(Dispatch),
     /// A whole coupling layer: one dispatch forward, one and a reduction backward.
     Layer(CouplingLayer),
+    /// A whole layer's forward, and the backward of the per-kernel ops it stands for (kept
+    /// in forward order; their forwards are not recorded).
+    Split(CouplingLayer, Vec<Op>),
 }
 
 impl Op {
@@ -134,7 +141,7 @@ impl Op {
                 &a.action
             }],
             Op::Loss(d) => vec![d],
-            Op::Layer(layer) => vec![&layer.forward],
+            Op::Layer(layer) | Op::Split(layer, _) => vec![&layer.forward],
         }
     }
 
@@ -143,6 +150,7 @@ impl Op {
             Op::Conv(c) => c.backward.iter().collect(),
             Op::Coupling(c) => c.backward.iter().collect(),
             Op::Layer(layer) => layer.backward.iter().collect(),
+            Op::Split(_, parts) => parts.iter().rev().flat_map(|op| op.backward()).collect(),
             // Prior: z is not differentiated. Action, Loss: fused into their forwards.
             Op::Prior(_) | Op::Action(_) | Op::Loss(_) => vec![],
         }
@@ -155,7 +163,7 @@ impl Op {
             Op::Coupling(_) => "coupling",
             Op::Action(_) => "action",
             Op::Loss(_) => "loss",
-            Op::Layer(_) => "coupling layer",
+            Op::Layer(_) | Op::Split(..) => "coupling layer",
         }
     }
 }
@@ -229,8 +237,27 @@ pub enum Exec {
     /// One dispatch forward and, in training, one and a reduction backward
     /// (`kernels::coupling_layer`).
     Whole,
+    /// Training only: the forward as one dispatch, the backward one launch per kernel (where
+    /// the layer's backward does not fit workgroup memory but its forward does). Measured on
+    /// lavapipe, tutorial net at 2D L 14, batch 2: 48-62 ms per step against 74-88 ms per kernel.
+    WholeForward,
     /// One launch per convolution and one for the coupling, each way.
     PerKernel,
+}
+
+impl Exec {
+    /// How a step runs such a layer, in words (`train --dry-run`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Exec::Whole => "each coupling layer one dispatch each way",
+            Exec::WholeForward => {
+                "each coupling layer's forward one dispatch, its backward one per kernel"
+            }
+            Exec::PerKernel => {
+                "one per kernel; whole-layer dispatches are used on GPUs and for small batches"
+            }
+        }
+    }
 }
 
 /// The whole-layer kernel's description of layer `l`.
@@ -259,12 +286,15 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec
         spec.flow.lattice.volume(),
         &spec.flow.nets[l].channels(),
     );
-    let whole = spec.fusion.wanted(gpu, spec)
+    let forward = spec.fusion.wanted(gpu, spec)
         && params.usage.contains(Usage::UNIFORM)
         && ls.unfusable(gpu).is_none()
-        && (!ls.train
-            || (ls.backward_unfusable(gpu).is_none() && (4 * h_len) as u64 <= max_binding));
-    if whole { Exec::Whole } else { Exec::PerKernel }
+        && (!ls.train || (4 * h_len) as u64 <= max_binding);
+    match (forward, ls.train && ls.backward_unfusable(gpu).is_some()) {
+        (false, _) => Exec::PerKernel,
+        (true, false) => Exec::Whole,
+        (true, true) => Exec::WholeForward,
+    }
 }
 
 /// Convolution `j` of layer `l` as the per-kernel path launches it: its shape, its tiling on
@@ -387,7 +417,7 @@ impl Buffers {
         let mut acts = Vec::with_capacity(flow.n_layers);
         for (l, e) in exec.iter().enumerate() {
             let a = match (*e, train) {
-                (Exec::Whole, true) => {
+                (Exec::Whole | Exec::WholeForward, true) => {
                     let ch = flow.nets[l].channels();
                     let (off, len) = activation_offsets(b, v, &ch);
                     let buf = pl.f32(format!("h[{l}]"), len)?;
@@ -399,7 +429,7 @@ impl Buffers {
                     }
                 }
                 (Exec::PerKernel, true) => per_kernel_set(pl, &format!("h[{l}]"), l)?,
-                (Exec::Whole, false) => {
+                (Exec::Whole | Exec::WholeForward, false) => {
                     if placeholder.is_none() {
                         placeholder = Some(pl.f32("unused activations".into(), 1)?);
                     }
@@ -436,7 +466,7 @@ impl Buffers {
                     Exec::Whole => {
                         partial_len = partial_len.max(layer_spec(spec, l).partial_len(gpu))
                     }
-                    Exec::PerKernel => {
+                    Exec::PerKernel | Exec::WholeForward => {
                         for (j, c) in flow.nets[l].convs.iter().enumerate() {
                             if gh_len.len() <= j {
                                 gh_len.push(0);
@@ -478,16 +508,18 @@ impl Buffers {
     }
 }
 
-/// Layer `l` as one whole-layer op.
+/// Layer `l` as one whole-layer kernel; with its backward unless `backward` is false.
 fn wire_whole(
     gpu: &Gpu,
     spec: &TapeSpec,
     buf: &Buffers,
     params: &GpuBuffer,
     l: usize,
-) -> Result<Op> {
+    backward: bool,
+) -> Result<CouplingLayer> {
     let (x, y) = buf.io(spec.mode == Mode::Train, l);
-    let grad = buf.grad.as_ref().map(|g| CouplingLayerGrads {
+    let grads = buf.grad.as_ref().filter(|_| backward);
+    let grad = grads.map(|g| CouplingLayerGrads {
         gy: &g.gx[(l + 1) % 2],
         gx: &g.gx[l % 2],
         glogq: &buf.glogq,
@@ -511,10 +543,10 @@ fn wire_whole(
         },
     )?;
     anyhow::ensure!(
-        layer.backward.is_empty() == buf.grad.is_none(),
+        layer.backward.is_empty() == grads.is_none(),
         "coupling layer {l}: its backward does not match the plan"
     );
-    Ok(Op::Layer(layer))
+    Ok(layer)
 }
 
 /// Layer `l` as one op per convolution and one for the coupling. The last convolution's output
@@ -636,7 +668,11 @@ impl Tape {
         )?)];
         for (l, e) in exec.iter().enumerate() {
             match e {
-                Exec::Whole => ops.push(wire_whole(gpu, &spec, &buf, params, l)?),
+                Exec::Whole => ops.push(Op::Layer(wire_whole(gpu, &spec, &buf, params, l, true)?)),
+                Exec::WholeForward => ops.push(Op::Split(
+                    wire_whole(gpu, &spec, &buf, params, l, false)?,
+                    wire_per_kernel(gpu, &spec, &buf, params, l)?,
+                )),
                 Exec::PerKernel => ops.extend(wire_per_kernel(gpu, &spec, &buf, params, l)?),
             }
         }
@@ -706,7 +742,7 @@ impl Tape {
 
     /// Whether the coupling layers run as whole-layer dispatches (`Fusion`).
     pub fn fused_layers(&self) -> bool {
-        self.exec.contains(&Exec::Whole)
+        self.exec.iter().any(|e| *e != Exec::PerKernel)
     }
 
     /// The buffer holding phi after the forward.

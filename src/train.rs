@@ -104,14 +104,6 @@ pub enum Outcome {
     },
 }
 
-/// What a training tape that does not fit the adapter says it was planning.
-pub fn training_batch(cfg: &Config) -> String {
-    format!(
-        "planning a training batch of {} (training.batchsize)",
-        cfg.training.batchsize
-    )
-}
-
 /// Measure loss, ESS and MH acceptance on `n` fresh proposals drawn with indices from `first`.
 pub fn evaluate(
     gpu: &Gpu,
@@ -259,7 +251,7 @@ pub fn train(
     let params = gpu.upload_params(&ck.params)?;
     let counter = gpu.upload("step counter", &[ck.step as u32, 0, 0, 0])?;
     let mut tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)
-        .with_context(|| training_batch(cfg))?;
+        .with_context(|| cfg.sizes("training.batchsize", cfg.training.batchsize))?;
     if let Some((m, v)) = &ck.adam {
         gpu.write(tape.adam_m.as_ref().unwrap(), m);
         gpu.write(tape.adam_v.as_ref().unwrap(), v);

@@ -3,8 +3,7 @@
 //! and the reference gradient against finite differences of the reference action.
 //! Tolerance: S sums V terms of O(10): 4 V 2^-24 relative; the gradient is a few terms per site.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::kernels::LatticeBuffers;
 use gomaflow_wgpu::kernels::action::{Action, ActionSpec, reference};
 use gomaflow_wgpu::lattice::Lattice;

@@ -2,8 +2,7 @@
 //! with the GPU step counter against the f64 reference.
 //! Tolerance: each step is a handful of f32 operations (pow, sqrt, division): 1e-6 relative.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::kernels::adam::{Adam, AdamSpec, reference};
 
 #[test]

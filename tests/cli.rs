@@ -2,8 +2,7 @@
 //! input ends in one clear message (naming the file, the field and what is accepted) and a
 //! non-zero exit, never a panic; faults (divergence, Ctrl-C, kill -9) lose nothing.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -388,7 +387,7 @@ fn interrupts_lose_nothing() {
     }
 }
 
-/// `bench --json` reports what DESIGN §5 promises: a positive step time, every kernel of the
+/// `bench --json` reports what the README promises: a positive step time, every kernel of the
 /// step timed, the dispatch count, proposals per second, the planned memory, the adapter.
 #[test]
 fn bench_reports_the_step_and_its_kernels() {

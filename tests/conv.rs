@@ -5,12 +5,12 @@
 //! Tolerance: an f32 sum of n terms of size O(1) is off by at most about n * 2^-24 relative to
 //! the sum of magnitudes; each check uses 4 n 2^-24 with n the terms one output adds.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::flow::Taps;
 use gomaflow_wgpu::kernels::conv::{
-    Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, ConvTiling, InputGrad, reference,
+    Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference,
 };
+use gomaflow_wgpu::kernels::tiling::ConvTiling;
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 

@@ -2,8 +2,7 @@
 //! backward, against the f64 reference; the reference backward against finite differences.
 //! Tolerance: one exp and one fma per site (a few ulp), and a V-term sum for log q: 4 V 2^-24.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::kernels::coupling::{
     Coupling, CouplingBuffers, CouplingGrads, CouplingSpec, reference,
 };

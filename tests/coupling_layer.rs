@@ -8,8 +8,7 @@
 //! each other (tests/tape.rs checks whole training steps, fused and not, against the reference).
 //! Tolerance: f32 through three convolutions of up to 8 x 81 terms and a V-term log J: 1e-5.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::flow::{FlowSpec, reference};
 use gomaflow_wgpu::kernels::LatticeBuffers;

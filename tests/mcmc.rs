@@ -2,8 +2,7 @@
 //! series with known tau_int, the jackknife, the MH acceptance and acceptance-based tau on hand
 //! cases, and HMC on the GPU reproducing the exact free field in 2 and 3 dimensions.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::mcmc::{HmcOptions, MhChain, run_hmc};
 use gomaflow_wgpu::observables::{Summary, free, jackknife, pareto_k, tau_acceptance, wolff};

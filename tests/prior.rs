@@ -3,8 +3,7 @@
 //! Tolerance: Box-Muller in f32 (log, sqrt, cos/sin of up to 2 pi) is good to a few 1e-7
 //! absolute for |z| < 6: we use 1e-5; log r sums V of them: 4 V 2^-24 relative.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::kernels::prior::{Prior, PriorSpec, potential, potential_constants, reference};
 use gomaflow_wgpu::rng::stream;

@@ -2,8 +2,7 @@
 //! Tolerance: a tree sum of n f32 terms is off by about log2(n) 2^-24 relative to the sum of
 //! magnitudes; we use 4 log2(n) 2^-24 times that sum.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::kernels::reduce::{self, reference};
 
 const U: f64 = 1.0 / 16_777_216.0;

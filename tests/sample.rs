@@ -9,8 +9,7 @@
 //! gave <phi^2> 6 sigma low here; the flows below are trained to ESS ~0.7, with the weights'
 //! Pareto k (PSIS) checked below 0.7, as a user would before trusting the errors.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::mcmc::{HmcOptions, run_hmc};
 use gomaflow_wgpu::observables::{Summary, free};

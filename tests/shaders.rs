@@ -3,7 +3,10 @@
 //! HLSL (DX12) and GLSL (OpenGL ES 3.1), so a shader that would break on another platform fails
 //! here. Each entry point's workgroup memory is checked against WebGPU's 16 KiB default.
 
-use gomaflow_wgpu::gpu::shaders::{Shader, validate, workgroup_bytes};
+use crate::common::*;
+use gomaflow_wgpu::gpu::shaders::{
+    Bind, Binding, KernelSpec, Shader, bindings, validate, workgroup_bytes,
+};
 
 /// Specialisations covering what the configs use (channels 1..32, taps of Nd = 1..4, every
 /// activation and epilogue, workgroup sizes 32..256).
@@ -98,7 +101,7 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
 #[test]
 fn every_shader_validates_and_emits_for_all_backends() {
     let mut count = 0;
-    for shader in Shader::ALL {
+    for &shader in Shader::ALL {
         for consts in variants(shader) {
             let name = format!("{}.wgsl {:?}", shader.name(), consts);
             let source = shader.source(&consts).unwrap();
@@ -171,7 +174,7 @@ fn every_shader_validates_and_emits_for_all_backends() {
 /// scalarise them). Division by compile-time constants outside loops is allowed and marked.
 #[test]
 fn no_integer_division_in_loops() {
-    for shader in Shader::ALL {
+    for &shader in Shader::ALL {
         let mut depth: i32 = 0;
         let mut loop_depths: Vec<i32> = vec![];
         for (n, line) in shader.file().lines().enumerate() {
@@ -204,4 +207,49 @@ fn no_integer_division_in_loops() {
 #[test]
 fn specialising_an_unknown_constant_is_an_error() {
     assert!(Shader::Conv.source(&[("NOPE", 1)]).is_err());
+}
+
+/// Launchers bind buffers by the shader's own variable names, read from the compiled module: a
+/// name the shader lacks, or a variable the entry point reads and no buffer names, is an error
+/// rather than a silent misbinding.
+#[test]
+fn buffers_bind_by_the_shaders_names() {
+    let k = KernelSpec::new(Shader::Reduce, "row_sum").with("WG", 64);
+    let (module, info) = validate(&k.source().unwrap(), "reduce").unwrap();
+    let (used, all) = bindings(&module, &info, "row_sum").unwrap();
+    let b = |name: &str, binding, kind| Binding {
+        name: name.into(),
+        binding,
+        kind,
+    };
+    assert_eq!(
+        used,
+        [
+            b("p", 0, Bind::Uniform),
+            b("a", 1, Bind::Read),
+            b("out", 3, Bind::ReadWrite)
+        ]
+    );
+    assert_eq!(all, ["p", "a", "b_in", "out", "grad"]);
+
+    let g = gpu();
+    let a = g.storage("a", 64).unwrap();
+    let out = g.storage("out", 1).unwrap();
+    // rows, n, scale, padding.
+    let u: [u32; 4] = [1, 64, 1f32.to_bits(), 0];
+    let u = Some(bytemuck::cast_slice::<u32, u8>(&u));
+    assert!(
+        g.dispatch(&k, u, &[("a", &a), ("out", &out)], [1, 1, 1])
+            .is_ok()
+    );
+    let typo = g
+        .dispatch(&k, u, &[("a", &a), ("outt", &out)], [1, 1, 1])
+        .err()
+        .expect("a name the shader lacks");
+    assert!(typo.to_string().contains("outt"), "{typo}");
+    let missing = g
+        .dispatch(&k, u, &[("a", &a)], [1, 1, 1])
+        .err()
+        .expect("a variable without a buffer");
+    assert!(missing.to_string().contains("uses out"), "{missing}");
 }

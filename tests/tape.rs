@@ -1,11 +1,10 @@
 //! The tape (src/tape.rs) against the f64 reference model (src/flow.rs): the gradient of the whole
 //! model, every parameter, against the hand-written reference backward and against central
 //! finite differences of the reference loss; full training steps (prior draw, forward,
-//! backward, Adam, counter) against the reference; the parameter counts of DESIGN §2.
+//! backward, Adam, counter) against the reference; the parameter counts of the 2D and 3D defaults.
 //! Tolerance: f32 through a few coupling layers: 1e-4 (relative to 1 + |value|).
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::flow::{FlowSpec, reference};
 use gomaflow_wgpu::kernels::adam::{self, AdamSpec};

@@ -2,8 +2,7 @@
 //! untrained flow's, the free-field loss stays above -log Z and approaches it, a run that is
 //! interrupted and resumed ends with bit-identical parameters, and runs are deterministic.
 
-mod common;
-use common::*;
+use crate::common::*;
 use gomaflow_wgpu::checkpoint;
 use gomaflow_wgpu::config::Config;
 use gomaflow_wgpu::flow::FlowSpec;
@@ -61,7 +60,7 @@ fn acceptance_rises_above_untrained() {
     assert!(final_eval.acceptance > 0.1 && final_eval.acceptance > 10.0 * before.acceptance);
     assert!(final_eval.ess > 5.0 * before.ess);
     assert!(final_eval.loss < before.loss);
-    // The run directory holds what DESIGN §5 promises.
+    // The run directory holds what the README promises.
     for f in [
         "config.toml",
         "evaluations.csv",

@@ -32,8 +32,8 @@ pub struct BenchArgs {
 /// the variants' docs are `--help`'s descriptions of the values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FusionArg {
-    /// On GPUs (where launches are what a small step costs; not measured: no GPU was at
-    /// hand). On CPU adapters where it was measured to pay: batch x volume at most
+    /// On GPUs (where launches are what a small step costs; not measured on a GPU). On CPU
+    /// adapters where it was measured to pay: batch x volume at most
     /// `SOFTWARE_FUSE_MAX_SITES`.
     Auto,
     /// Wherever the net's shape and the adapter's workgroup memory allow.

@@ -53,7 +53,7 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
     let params = gpu.upload_params(&flow.init_params(cfg.model.seed))?;
     let counter = gpu.upload("step counter", &[0u32; 4])?;
     let tape = Tape::new(gpu, TapeSpec::training(cfg), &params, &counter)
-        .with_context(|| crate::train::training_batch(cfg))?;
+        .with_context(|| cfg.sizes("training.batchsize", cfg.training.batchsize))?;
     let eval = Proposer::new(
         gpu,
         cfg,
@@ -101,15 +101,12 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         "work        {:.3} GFLOP per training step (forward + backward convolutions)",
         3.0 * 2.0 * (flow.macs_per_sample() * t.batchsize) as f64 / 1e9
     );
-    let fused = tape.fused_layers();
     println!(
         "step        {} dispatches in one submit ({})",
         tape.step_dispatches().len(),
-        if fused {
-            "each coupling layer one dispatch each way"
-        } else {
-            "one per kernel; whole-layer dispatches are used on GPUs and for small batches"
-        }
+        tape.exec
+            .first()
+            .map_or("no coupling layers", |e| e.describe())
     );
     println!("buffers     training tape {}:", mib(tape.memory_bytes()));
     // Per-layer buffers grouped: "h[*][0] x16" (the first index is the layer).

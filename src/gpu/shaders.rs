@@ -8,58 +8,48 @@ use anyhow::{Result, bail};
 /// The shared prelude: activations and the Philox generator.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
-/// One WGSL file of `shaders/`, named as its launcher in `src/kernels/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Shader {
-    Conv,
-    Coupling,
-    CouplingLayer,
-    Action,
-    Prior,
-    Reduce,
-    Adam,
-    Hmc,
+/// The registry: each family's variant, its name (the file `shaders/<name>.wgsl`, named as
+/// its launcher `src/kernels/<name>.rs`) and its text, compiled into the binary. A new family
+/// is one line here.
+macro_rules! shaders {
+    ($($variant:ident => $name:literal,)*) => {
+        /// One WGSL file of `shaders/`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Shader {
+            $($variant,)*
+        }
+
+        impl Shader {
+            pub const ALL: &[Shader] = &[$(Shader::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Shader::$variant => $name,)*
+                }
+            }
+
+            /// The file's own text (without the prelude).
+            pub fn file(self) -> &'static str {
+                match self {
+                    $(Shader::$variant => include_str!(concat!("../../shaders/", $name, ".wgsl")),)*
+                }
+            }
+        }
+    };
+}
+
+shaders! {
+    Conv => "conv",
+    Coupling => "coupling",
+    CouplingLayer => "coupling_layer",
+    Action => "action",
+    Prior => "prior",
+    Reduce => "reduce",
+    Adam => "adam",
+    Hmc => "hmc",
 }
 
 impl Shader {
-    pub const ALL: [Shader; 8] = [
-        Shader::Conv,
-        Shader::Coupling,
-        Shader::CouplingLayer,
-        Shader::Action,
-        Shader::Prior,
-        Shader::Reduce,
-        Shader::Adam,
-        Shader::Hmc,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Shader::Conv => "conv",
-            Shader::Coupling => "coupling",
-            Shader::CouplingLayer => "coupling_layer",
-            Shader::Action => "action",
-            Shader::Prior => "prior",
-            Shader::Reduce => "reduce",
-            Shader::Adam => "adam",
-            Shader::Hmc => "hmc",
-        }
-    }
-
-    /// The file's own text (without the prelude).
-    pub fn file(self) -> &'static str {
-        match self {
-            Shader::Conv => include_str!("../../shaders/conv.wgsl"),
-            Shader::Coupling => include_str!("../../shaders/coupling.wgsl"),
-            Shader::CouplingLayer => include_str!("../../shaders/coupling_layer.wgsl"),
-            Shader::Action => include_str!("../../shaders/action.wgsl"),
-            Shader::Prior => include_str!("../../shaders/prior.wgsl"),
-            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
-            Shader::Adam => include_str!("../../shaders/adam.wgsl"),
-            Shader::Hmc => include_str!("../../shaders/hmc.wgsl"),
-        }
-    }
-
     /// The compilable source with `consts` substituted: each `(NAME, value)` replaces the line
     /// `const NAME: u32 = ...;` of the file. Naming a constant the file lacks is an error.
     pub fn source(self, consts: &[(&str, u32)]) -> Result<String> {

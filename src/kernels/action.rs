@@ -92,7 +92,7 @@ impl Action {
     }
 }
 
-/// The f64 specification (DESIGN §2), written in the kinetic form
+/// The f64 specification, written in the kinetic form
 /// S = sum_x [ sum_mu (phi(x+mu) - phi(x))^2 + m2 phi^2 + lam phi^4 ], independent of the
 /// expanded form the shader uses.
 pub mod reference {

@@ -1,6 +1,7 @@
 //! Periodic convolution (`shaders/conv.wgsl`): forward with fused bias and activation, backward
 //! to the input (with a fused epilogue), backward to weights and bias (two deterministic stages).
 
+use super::tiling::ConvTiling;
 use super::{Act, LatticeBuffers};
 use crate::flow::Taps;
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
@@ -8,17 +9,6 @@ use anyhow::{Result, bail};
 
 /// Threads per workgroup of the site-parallel entry points.
 const WG: u32 = 64;
-/// Samples per thread on CPU adapters (measured on lavapipe: see BENCHMARKS.md).
-pub const SOFTWARE_NB: usize = 8;
-/// Accumulators a forward or backward_input thread holds on a CPU adapter (NB * channels).
-/// Measured on lavapipe, 32 -> 32 channels, L 16: NB 2 (64) 16.4 GFLOP/s, NB 4 (128) 3.7,
-/// NB 8 (256) 6.4; the tutorial's 8 -> 8 layers run best at NB 8 (64).
-pub const SOFTWARE_ACCUMULATORS: usize = 64;
-/// The same for a backward_weight thread (TPT * COB; it also holds COB bias sums and TPT
-/// inputs). Measured on lavapipe, 32 -> 32 channels: COB 4 (12) 6.6 GFLOP/s, COB 8 (24) 8.5,
-/// COB 16 (48) 3.0 to 5.4, COB 32 (96) 3.1.
-pub const SOFTWARE_WGRAD_ACCUMULATORS: usize = 24;
-
 /// Sizes of one convolution layer applied to a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvDims {
@@ -81,111 +71,6 @@ impl ConvSpec {
     /// Length of the scratch buffer of weight-gradient partial sums.
     pub fn partial_len(&self) -> usize {
         self.n_chunks() * self.dims.n_params()
-    }
-}
-
-/// How one convolution's work is split over threads: each choice is a compile-time constant
-/// of conv.wgsl, tuned per adapter kind (measurements in BENCHMARKS.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvTiling {
-    /// Samples per thread of forward and backward_input (see `NB` in conv.wgsl).
-    pub samples_per_thread: usize,
-    /// Taps whose weight gradients one backward_weight thread holds (TPT in conv.wgsl): a
-    /// divisor of TAPS; each output-gradient load then feeds TPT * COB multiply-adds.
-    pub taps_per_thread: usize,
-    /// Output channels whose weight gradients one backward_weight thread holds (COB in
-    /// conv.wgsl): a divisor of COUT.
-    pub couts_per_thread: usize,
-    /// Samples per chunk of the weight-gradient reduction.
-    pub chunk: usize,
-}
-
-impl ConvTiling {
-    /// The tiling for `dims` on a GPU or (`software`) on a CPU adapter such as lavapipe; `row`
-    /// is the tap set's row (`Taps::row`: k for the k^Nd window).
-    pub fn for_adapter(dims: &ConvDims, row: usize, software: bool) -> ConvTiling {
-        let tpt = Self::default_taps_per_thread(dims.taps, row, dims.cout, software);
-        let cob = Self::default_couts_per_thread(dims.cout, tpt, software);
-        ConvTiling {
-            samples_per_thread: Self::default_samples_per_thread(software, dims.cin, dims.cout),
-            taps_per_thread: tpt,
-            couts_per_thread: cob,
-            chunk: Self::default_chunk(dims, tpt, cob, software),
-        }
-    }
-    /// Samples per thread: 1 on GPUs, where a uniform weight load is broadcast for free; on CPU
-    /// adapters each weight load is a gather, so several samples share it.
-    /// A thread holds NB * max(CIN, COUT) accumulators; past `SOFTWARE_ACCUMULATORS` they
-    /// spill (measured on lavapipe: 32 -> 32 channels with NB = 8 ran at half the GFLOP/s of
-    /// 8 -> 8), so wide layers take fewer samples per thread.
-    fn default_samples_per_thread(software: bool, cin: usize, cout: usize) -> usize {
-        if software {
-            (SOFTWARE_ACCUMULATORS / cin.max(cout)).clamp(1, SOFTWARE_NB)
-        } else {
-            1
-        }
-    }
-
-    /// Taps per backward_weight thread (TPT, a divisor of TAPS). A GPU takes one row of the
-    /// window (k). On a CPU adapter the thread's TPT * COUT accumulators must stay in
-    /// registers: the largest power of k whose TPT * COUT is within
-    /// `SOFTWARE_WGRAD_ACCUMULATORS`, at least a row (wider layers are then split into blocks
-    /// of output channels, `default_couts_per_thread`). Measured on lavapipe: the tutorial's
-    /// 8 -> 8 weight gradients with a whole 3 x 3 plane per thread (72 accumulators) ran 8x
-    /// slower than with a row (24); its 8 -> 2 ones 15-20 % faster with a plane (18) than a row.
-    fn default_taps_per_thread(
-        taps: usize,
-        kernel_size: usize,
-        cout: usize,
-        software: bool,
-    ) -> usize {
-        if !taps.is_multiple_of(kernel_size) {
-            return 1;
-        }
-        let mut tpt = kernel_size;
-        while software
-            && kernel_size > 1
-            && taps.is_multiple_of(tpt * kernel_size)
-            && tpt * kernel_size <= 25
-            && tpt * kernel_size * cout <= SOFTWARE_WGRAD_ACCUMULATORS
-        {
-            tpt *= kernel_size;
-        }
-        tpt
-    }
-
-    /// Output channels per backward_weight thread (COB, a divisor of COUT). On a CPU adapter
-    /// the largest whose TPT * COB accumulators stay within `SOFTWARE_WGRAD_ACCUMULATORS`
-    /// (8 channels: all 8; 32 channels: 8); a GPU holds all of them.
-    fn default_couts_per_thread(cout: usize, taps_per_thread: usize, software: bool) -> usize {
-        if !software {
-            return cout;
-        }
-        (1..=cout)
-            .rev()
-            .find(|c| cout.is_multiple_of(*c) && c * taps_per_thread <= SOFTWARE_WGRAD_ACCUMULATORS)
-            .unwrap_or(1)
-    }
-
-    /// Samples per chunk of the weight-gradient sums, whose threads (CIN * TAPS / TPT *
-    /// COUT / COB per chunk) each sum over a chunk. A GPU wants about 16k threads; a CPU
-    /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
-    /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
-    /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
-    fn default_chunk(
-        dims: &ConvDims,
-        taps_per_thread: usize,
-        couts_per_thread: usize,
-        software: bool,
-    ) -> usize {
-        let threads_per_chunk =
-            (dims.cin * dims.taps / taps_per_thread * dims.cout / couts_per_thread).max(1);
-        let chunks = if software {
-            super::cpu_cores()
-        } else {
-            16384usize.div_ceil(threads_per_chunk)
-        };
-        dims.batch.div_ceil(chunks.clamp(1, dims.batch))
     }
 }
 

@@ -14,15 +14,10 @@
 //! one.
 
 use super::LatticeBuffers;
+use super::tiling::LayerTiling;
 use crate::flow::{CouplingKind, CouplingNet, PARAM_ALIGN};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::{Result, bail};
-
-/// Threads per workgroup, at most (one sample per workgroup; smaller lattices take fewer).
-const MAX_WG: usize = 64;
-/// Accumulators (sites x channels) per thread on a CPU adapter. Measured on lavapipe, the
-/// tutorial's layer (HID 8, training): SPT 1 1422 us, 2 1286, 4 (32) 894, 8 (64) 1142.
-pub const SOFTWARE_ACCUMULATORS: usize = 32;
 
 /// Where each convolution of a layer writes its output in the layer's activation buffer:
 /// segment j holds [batch, channels[j + 1], volume], each segment starting at a multiple of
@@ -79,39 +74,15 @@ impl CouplingLayerSpec {
         self.net.convs[0].n_taps
     }
 
-    /// Sites per thread (SPT in the shader): 1 on GPUs; on CPU adapters SPT * HID =
-    /// `SOFTWARE_ACCUMULATORS`, at most 8 sites.
-    fn sites_per_thread(&self, software: bool) -> usize {
-        // No more than the workgroup (at least 8 threads) needs to cover the lattice.
-        self.most_sites_per_thread(software)
-            .min(self.volume.div_ceil(self.workgroup_size(software)))
-            .max(1)
-    }
-
-    fn most_sites_per_thread(&self, software: bool) -> usize {
-        match (software, self.shape()) {
-            (true, Some((hid, _))) => (SOFTWARE_ACCUMULATORS / hid).clamp(1, 8),
-            _ => 1,
-        }
-    }
-
-    /// Taps per weight-gradient thread of the backward (TPT in the shader): one on GPUs (more
-    /// threads); a row of the window on CPU adapters, as conv's backward_weight there.
-    fn taps_per_thread(&self, software: bool) -> usize {
-        if software {
-            self.net.convs[0].taps.row()
-        } else {
-            1
-        }
-    }
-
-    /// Threads per workgroup: enough that SPT sites each cover the lattice, a power of two
-    /// (the log J tree sum), at least 8, at most 64.
-    fn workgroup_size(&self, software: bool) -> usize {
-        self.volume
-            .div_ceil(self.most_sites_per_thread(software))
-            .next_power_of_two()
-            .clamp(8, MAX_WG)
+    /// How the layer's work is split over threads on `gpu` (or as on a GPU: `gpu_tiling`).
+    fn tiling(&self, gpu: &Gpu) -> LayerTiling {
+        LayerTiling::for_adapter(
+            self.batch,
+            self.volume,
+            self.shape().map(|(hid, _)| hid),
+            self.net.convs[0].taps.row(),
+            gpu.is_software() && !self.gpu_tiling,
+        )
     }
 
     /// Floats of workgroup memory for activations: one HID x V buffer, two when activations go
@@ -125,26 +96,9 @@ impl CouplingLayerSpec {
         self.net.params().len()
     }
 
-    /// Whether to tile for a CPU adapter.
-    fn software(&self, gpu: &Gpu) -> bool {
-        gpu.is_software() && !self.gpu_tiling
-    }
-
-    /// Workgroups of the backward: one per sample on a GPU (at most 256); one per core on a
-    /// CPU adapter, which runs one workgroup per core (as conv's weight-gradient chunks).
-    fn n_chunks(&self, software: bool) -> usize {
-        let want = if software { super::cpu_cores() } else { 256 };
-        let chunk = self.batch.div_ceil(want.clamp(1, self.batch.max(1)));
-        self.batch.div_ceil(chunk)
-    }
-
-    fn chunk(&self, software: bool) -> usize {
-        self.batch.div_ceil(self.n_chunks(software))
-    }
-
     /// Length of the backward's scratch of per-workgroup weight-gradient sums on `gpu`.
     pub fn partial_len(&self, gpu: &Gpu) -> usize {
-        self.n_chunks(self.software(gpu)) * self.param_span()
+        self.tiling(gpu).n_chunks * self.param_span()
     }
 
     /// Why this layer's backward cannot run as one dispatch on `gpu` (then its forward may
@@ -173,8 +127,7 @@ impl CouplingLayerSpec {
             );
         };
         let lim = &gpu.limits;
-        let wg_bytes =
-            4 * (self.activation_floats(hid, nhid) + self.workgroup_size(self.software(gpu)));
+        let wg_bytes = 4 * (self.activation_floats(hid, nhid) + self.tiling(gpu).workgroup);
         if wg_bytes > lim.max_compute_workgroup_storage_size as usize {
             return Some(format!(
                 "one sample's activations need {wg_bytes} bytes of workgroup memory, over the adapter's {}",
@@ -274,8 +227,8 @@ impl CouplingLayer {
         b.params.need(first + w_bytes / 4)?;
         let wu = b.params.range((first * 4) as u64, w_bytes as u64);
         let rel = |j: usize| (convs[j].offset - first) as u32;
-        let software = spec.software(gpu);
-        let wg = spec.workgroup_size(software);
+        let tiling = spec.tiling(gpu);
+        let wg = tiling.workgroup;
         let kernel = KernelSpec::new(Shader::CouplingLayer, "forward")
             .with("V", v as u32)
             .with("TAPS", spec.taps() as u32)
@@ -283,8 +236,8 @@ impl CouplingLayer {
             .with("NHID", nhid as u32)
             .with("ACT_OUT", convs[nhid].act.code())
             .with("WG", wg as u32)
-            .with("SPT", spec.sites_per_thread(software) as u32)
-            .with("TPT", spec.taps_per_thread(software) as u32)
+            .with("SPT", tiling.sites_per_thread as u32)
+            .with("TPT", tiling.taps_per_thread as u32)
             .with("TRAIN", spec.train as u32)
             .with("WLEN", (w_bytes / 16) as u32)
             .with("W_MID", if nhid > 1 { rel(1) } else { 0 })
@@ -307,8 +260,8 @@ impl CouplingLayer {
             parity: spec.net.parity,
             h_stride: if nhid > 1 { h_off[1] as u32 } else { 0 },
             st_off: h_off[nhid] as u32,
-            chunk: spec.chunk(software) as u32,
-            n_chunks: spec.n_chunks(software) as u32,
+            chunk: tiling.chunk as u32,
+            n_chunks: tiling.n_chunks as u32,
             w_first: first as u32,
             _pad: 0,
         };
@@ -359,7 +312,7 @@ impl CouplingLayer {
                     &bwd,
                     Some(bytemuck::bytes_of(&u)),
                     &buffers,
-                    [spec.n_chunks(software) as u32, 1, 1],
+                    [tiling.n_chunks as u32, 1, 1],
                 )?
                 .with_work(
                     bv * (4.0 * macs as f64 + outs as f64 + 8.0),

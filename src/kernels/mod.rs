@@ -10,6 +10,7 @@ pub mod coupling_layer;
 pub mod hmc;
 pub mod prior;
 pub mod reduce;
+pub mod tiling;
 
 use crate::flow::Taps;
 use crate::gpu::{Gpu, GpuBuffer};
@@ -99,12 +100,6 @@ impl LatticeBuffers {
             .map(|(_, b)| b)
             .ok_or_else(|| anyhow::anyhow!("no neighbour table was built for {taps:?}"))
     }
-}
-
-/// Workgroups a CPU adapter runs at once: lavapipe runs one per core. Kernels that split a sum
-/// over workgroups use this many there (fewer, longer serial sums are fastest on a CPU).
-pub fn cpu_cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// The workgroup size of the per-sample reduction kernels: the smallest power of two covering

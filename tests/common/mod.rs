@@ -1,6 +1,5 @@
 //! Shared by the kernel tests: one device per test binary, random data, and the comparison
 //! that prints the largest error it saw (run with `--nocapture` to see every line).
-#![allow(dead_code)]
 
 use gomaflow_wgpu::config::Config;
 use gomaflow_wgpu::gpu::{AdapterChoice, Gpu, GpuBuffer};
