@@ -30,7 +30,7 @@ pub struct Checkpoint {
 
 /// A one-line description of the architecture, stored to catch mismatched resumes.
 pub fn describe(flow: &FlowSpec) -> String {
-    format!(
+    let mut d = format!(
         "Nd={} L={} n_layers={} hidden_sizes={:?} kernel_size={} use_final_tanh={}",
         flow.lattice.nd,
         flow.lattice.l,
@@ -38,7 +38,12 @@ pub fn describe(flow: &FlowSpec) -> String {
         flow.hidden,
         flow.kernel_size,
         flow.final_tanh
-    )
+    );
+    // Written only when set, so that other checkpoints keep their description.
+    if flow.z2() {
+        d.push_str(" z2_equivariant=true");
+    }
+    d
 }
 
 fn bytes(x: &[f32]) -> &[u8] {

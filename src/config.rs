@@ -100,6 +100,8 @@ pub struct Training {
     pub eval_samples: usize,
     /// Ours: batch of the evaluation's forward passes.
     pub eval_batchsize: usize,
+    /// Ours: Adam's beta1 and beta2.
+    pub adam_betas: [f64; 2],
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +122,10 @@ pub struct Model {
     pub out_c: usize,
     pub use_final_tanh: bool,
     pub use_bn: bool,
+    /// Ours: symmetrised couplings, an odd flow (`flow::CouplingKind::AffineZ2`).
+    pub z2_equivariant: bool,
+    /// Ours (`init = "identity"`): the last convolution of each net starts at zero.
+    pub identity_init: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -160,6 +166,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "pretrained",
             "eval_samples",
             "eval_batchsize",
+            "adam_betas",
         ],
     ),
     ("physical", &["L", "Nd", "M2", "lam"]),
@@ -174,6 +181,8 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "outC",
             "use_final_tanh",
             "use_bn",
+            "z2_equivariant",
+            "init",
         ],
     ),
 ];
@@ -199,7 +208,13 @@ fn accepted(table: &str, key: &str) -> Option<String> {
         ("model", "kernel_size") => "an odd kernel size in 1..=15",
         ("model", "inC") => "1",
         ("model", "outC") => "2",
-        ("model", "use_final_tanh") | ("model", "use_bn") => "true or false",
+        ("model", "use_final_tanh") | ("model", "use_bn") | ("model", "z2_equivariant") => {
+            "true or false"
+        }
+        ("model", "init") => {
+            "\"torch\" (PyTorch's default) or \"identity\" (last convolution zero)"
+        }
+        ("training", "adam_betas") => "[beta1, beta2], each in [0, 1), e.g. [0.9, 0.999]",
         ("training", "batchsize") => "the training batch, an integer in 1..=65535",
         ("training", "epochs") => "the number of epochs, >= 1",
         ("training", "iterations") => "the steps per epoch, >= 1",
@@ -293,6 +308,7 @@ struct TrainingTable {
     pretrained: String,
     eval_samples: i64,
     eval_batchsize: i64,
+    adam_betas: Vec<f64>,
 }
 
 impl Default for TrainingTable {
@@ -309,6 +325,7 @@ impl Default for TrainingTable {
             pretrained: String::new(),
             eval_samples: 8192,
             eval_batchsize: 1024,
+            adam_betas: vec![0.9, 0.999],
         }
     }
 }
@@ -341,6 +358,8 @@ struct ModelTable {
     out_c: i64,
     use_final_tanh: bool,
     use_bn: bool,
+    z2_equivariant: bool,
+    init: String,
 }
 
 impl Default for ModelTable {
@@ -354,6 +373,8 @@ impl Default for ModelTable {
             out_c: 2,
             use_final_tanh: true,
             use_bn: false,
+            z2_equivariant: false,
+            init: "torch".into(),
         }
     }
 }
@@ -527,6 +548,16 @@ impl ModelTable {
                 "= true is not supported: batch normalisation makes log q depend on the batch; use false",
             ));
         }
+        let identity_init = match self.init.as_str() {
+            "torch" => false,
+            "identity" => true,
+            other => {
+                return Err(c.err(
+                    "init",
+                    format!("= {other:?} is not known; accepted: {}", c.what("init")),
+                ));
+            }
+        };
         Ok(Model {
             seed: c.int_in("seed", self.seed, 0, i64::MAX)? as u64,
             n_layers: c.int_in("n_layers", self.n_layers, 1, 1024)? as usize,
@@ -536,6 +567,8 @@ impl ModelTable {
             out_c: 2,
             use_final_tanh: self.use_final_tanh,
             use_bn: false,
+            z2_equivariant: self.z2_equivariant,
+            identity_init,
         })
     }
 }
@@ -579,6 +612,19 @@ impl TrainingTable {
         let batchsize = c.int_in("batchsize", self.batchsize, 1, 65535)? as usize;
         let eval_samples = c.int_in("eval_samples", self.eval_samples, 1024, 1 << 24)? as usize;
         let eval_batchsize = c.int_in("eval_batchsize", self.eval_batchsize, 1, 65535)? as usize;
+        let adam_betas = match self.adam_betas[..] {
+            [b1, b2] if (0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) => [b1, b2],
+            _ => {
+                return Err(c.err(
+                    "adam_betas",
+                    format!(
+                        "= {:?} is not accepted; accepted: {}",
+                        self.adam_betas,
+                        c.what("adam_betas")
+                    ),
+                ));
+            }
+        };
         Ok(Training {
             seed: c.int_in("seed", self.seed, 0, i64::MAX)? as u64,
             batchsize,
@@ -591,6 +637,7 @@ impl TrainingTable {
             pretrained: self.pretrained,
             eval_samples,
             eval_batchsize,
+            adam_betas,
         })
     }
 }
@@ -618,6 +665,7 @@ impl From<&Config> for Document {
                 pretrained: t.pretrained.clone(),
                 eval_samples: t.eval_samples as i64,
                 eval_batchsize: t.eval_batchsize as i64,
+                adam_betas: t.adam_betas.to_vec(),
             },
             physical: PhysicalTable {
                 l: Some(p.l as i64),
@@ -634,6 +682,8 @@ impl From<&Config> for Document {
                 out_c: m.out_c as i64,
                 use_final_tanh: m.use_final_tanh,
                 use_bn: m.use_bn,
+                z2_equivariant: m.z2_equivariant,
+                init: if m.identity_init { "identity" } else { "torch" }.into(),
             },
         }
     }

@@ -77,6 +77,9 @@ pub struct ConvBlock {
     pub n_taps: usize,
     pub act: Act,
     pub offset: usize,
+    /// Start at zero (weights and bias) instead of PyTorch's default: the last convolution of
+    /// each net under `identity_init`, so that every coupling starts as the identity map.
+    pub zero_init: bool,
 }
 
 impl ConvBlock {
@@ -109,11 +112,13 @@ impl ConvBlock {
     }
 
     /// PyTorch's default initialisation: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    /// fan_in = cin * n_taps, weights then biases from one stream.
+    /// fan_in = cin * n_taps, weights then biases from one stream. A `zero_init` block draws
+    /// the same numbers (so the other blocks start as they would otherwise) and stores zeros.
     fn init(&self, rng: &mut Philox, p: &mut [f32]) {
         let bound = 1.0 / ((self.cin * self.n_taps) as f64).sqrt();
         for v in &mut p[self.params()] {
-            *v = rng.uniform_in(-bound, bound) as f32;
+            let w = rng.uniform_in(-bound, bound) as f32;
+            *v = if self.zero_init { 0.0 } else { w };
         }
     }
 }
@@ -124,6 +129,21 @@ pub enum CouplingKind {
     /// (s, t) = channels 0 and 1 of the net's output (after its last activation);
     /// y = mask x + (1 - mask)(x e^s + t), log J = sum (1 - mask) s.
     Affine,
+    /// Affine with a symmetrised net (`[model] z2_equivariant`): with u(x) the net's output,
+    /// s = (u_s(x) + u_s(-x)) / 2 is even and t = (u_t(x) - u_t(-x)) / 2 odd in the frozen
+    /// field, so the coupling is odd, f(-x) = -f(x), and the flow's density symmetric. The
+    /// net runs on a batch of 2B (`kernels::z2`).
+    AffineZ2,
+}
+
+impl CouplingKind {
+    /// Samples the net sees per sample of the coupling.
+    pub fn net_batch_factor(self) -> usize {
+        match self {
+            CouplingKind::Affine => 1,
+            CouplingKind::AffineZ2 => 2,
+        }
+    }
 }
 
 /// One coupling layer: its checkerboard, its net (convolutions applied in order to mask * x)
@@ -215,6 +235,7 @@ impl FlowSpec {
                                 (true, false) => Act::None,
                             },
                             offset,
+                            zero_init: false,
                         };
                         offset += c.slot();
                         c
@@ -239,13 +260,46 @@ impl FlowSpec {
     }
 
     pub fn from_config(cfg: &Config) -> FlowSpec {
-        FlowSpec::new(
+        let mut f = FlowSpec::new(
             Lattice::new(cfg.physical.nd, cfg.physical.l),
             cfg.model.n_layers,
             cfg.model.hidden_sizes.clone(),
             cfg.model.kernel_size,
             cfg.model.use_final_tanh,
-        )
+        );
+        if cfg.model.z2_equivariant {
+            f = f.with_coupling(CouplingKind::AffineZ2);
+        }
+        if cfg.model.identity_init {
+            f = f.with_identity_init();
+        }
+        f
+    }
+
+    /// Every coupling of kind `kind` (the parameter layout does not change).
+    pub fn with_coupling(mut self, kind: CouplingKind) -> FlowSpec {
+        for n in &mut self.nets {
+            n.coupling = kind;
+        }
+        self
+    }
+
+    /// The last convolution of every net starts at zero, so every coupling starts as the
+    /// identity map (with a final activation of 0 at 0: tanh or none).
+    pub fn with_identity_init(mut self) -> FlowSpec {
+        for n in &mut self.nets {
+            if let Some(c) = n.convs.last_mut() {
+                c.zero_init = true;
+            }
+        }
+        self
+    }
+
+    /// Whether the couplings are symmetrised (odd flow).
+    pub fn z2(&self) -> bool {
+        self.nets
+            .iter()
+            .any(|n| n.coupling == CouplingKind::AffineZ2)
     }
 
     /// Channels of the coupling net: [1, hidden..., 2].
@@ -325,16 +379,21 @@ impl FlowSpec {
 /// block by block as `FlowSpec::nets` describes the model.
 pub mod reference {
     use super::{ConvBlock, CouplingKind, CouplingNet, FlowSpec};
+    use crate::kernels::Act;
     use crate::kernels::action::reference as action;
     use crate::kernels::conv::reference::Layer;
     use crate::kernels::coupling::reference as coupling;
+    use crate::kernels::z2::reference as z2;
 
     /// What the forward keeps for the backward.
     pub struct Forward {
         /// x[l] is the input of coupling l; x[n_layers] is phi.
         pub x: Vec<Vec<f64>>,
-        /// Activations of each convolution of each layer (the last one is the net's output).
+        /// Activations of each convolution of each layer (the last one is the net's output),
+        /// for the net's batch (2B for a symmetrised coupling).
         pub h: Vec<Vec<Vec<f64>>>,
+        /// Each coupling's (s, t) [batch, 2, site].
+        pub st: Vec<Vec<f64>>,
         /// log q per sample (prior included).
         pub logq: Vec<f64>,
     }
@@ -378,24 +437,36 @@ pub mod reference {
     /// Push z (with prior log density logr per sample) through the flow.
     pub fn forward(spec: &FlowSpec, params: &[f64], z: &[f64], logr: &[f64]) -> Forward {
         let batch = logr.len();
+        let v = spec.lattice.volume();
         let mut x = vec![z.to_vec()];
         let mut h = Vec::new();
+        let mut st = Vec::new();
         let mut logq = logr.to_vec();
         for net in &spec.nets {
             let mask = spec.lattice.mask(net.parity);
             let xl = x.last().unwrap();
-            let hs = net_forward(spec, params, net, batch, masked(xl, &mask));
-            let out = hs.last().unwrap();
-            let (y, logj) = match net.coupling {
-                CouplingKind::Affine => coupling::forward(xl, out, &mask, batch),
+            let input = masked(xl, &mask);
+            let (hs, stl) = match net.coupling {
+                CouplingKind::Affine => {
+                    let hs = net_forward(spec, params, net, batch, input);
+                    let out = hs.last().unwrap().clone();
+                    (hs, out)
+                }
+                CouplingKind::AffineZ2 => {
+                    let hs = net_forward(spec, params, net, 2 * batch, z2::mirror(&input));
+                    let out = z2::combine(hs.last().unwrap(), v);
+                    (hs, out)
+                }
             };
+            let (y, logj) = coupling::forward(xl, &stl, &mask, batch);
             for (q, j) in logq.iter_mut().zip(&logj) {
                 *q -= j;
             }
             x.push(y);
             h.push(hs);
+            st.push(stl);
         }
-        Forward { x, h, logq }
+        Forward { x, h, st, logq }
     }
 
     /// The loss mean_b(log q + S) and its gradient with respect to every parameter.
@@ -438,21 +509,26 @@ pub mod reference {
         glogq: &[f64],
         grad: &mut [f64],
     ) -> Vec<f64> {
-        let batch = glogq.len();
         let net = &spec.nets[l];
+        let batch = glogq.len() * net.coupling.net_batch_factor();
         let mask = spec.lattice.mask(net.parity);
-        let out = f.h[l].last().unwrap();
+        let v = mask.len();
         let (gx_direct, mut g) = match net.coupling {
             CouplingKind::Affine => {
-                coupling::backward(&f.x[l], out, &mask, gy, glogq, net.final_act())
+                coupling::backward(&f.x[l], &f.st[l], &mask, gy, glogq, net.final_act())
+            }
+            CouplingKind::AffineZ2 => {
+                let (gx, gst) = coupling::backward(&f.x[l], &f.st[l], &mask, gy, glogq, Act::None);
+                let u = f.h[l].last().unwrap();
+                (gx, z2::combine_backward(u, &gst, v, net.final_act()))
             }
         };
         // Back through the net, last convolution first; g is a pre-activation gradient.
         for (j, c) in net.convs.iter().enumerate().rev() {
-            let input = if j == 0 {
-                masked(&f.x[l], &mask)
-            } else {
-                f.h[l][j - 1].clone()
+            let input = match (j, net.coupling) {
+                (0, CouplingKind::Affine) => masked(&f.x[l], &mask),
+                (0, CouplingKind::AffineZ2) => z2::mirror(&masked(&f.x[l], &mask)),
+                _ => f.h[l][j - 1].clone(),
             };
             let lay = layer(spec, batch, c);
             let gw = lay.backward_weight(&input, &g);
@@ -471,12 +547,11 @@ pub mod reference {
                 g = gin;
             }
         }
-        // The input reached the net through mask * x.
-        let v = mask.len();
-        gx_direct
-            .iter()
-            .enumerate()
-            .map(|(i, d)| d + mask[i % v] * g[i])
-            .collect()
+        // The input reached the net through mask * x (and, symmetrised, -mask * x).
+        let g_net = match net.coupling {
+            CouplingKind::Affine => masked(&g, &mask),
+            CouplingKind::AffineZ2 => z2::mirror_backward(&g, &mask),
+        };
+        gx_direct.iter().zip(&g_net).map(|(d, n)| d + n).collect()
     }
 }

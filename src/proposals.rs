@@ -61,6 +61,7 @@ impl Proposer {
             m2: cfg.physical.m2,
             lam: cfg.physical.lam,
             lr: 0.0,
+            adam_betas: cfg.training.adam_betas,
             fusion: crate::tape::Fusion::Auto,
         };
         Self::from_spec(gpu, spec, params).with_context(|| cfg.sizes(batch_key, batch))

@@ -20,6 +20,7 @@
 use crate::config::PriorKind;
 use crate::flow::{CouplingKind, FlowSpec};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, Usage};
+use crate::kernels::Act;
 use crate::kernels::LatticeBuffers;
 use crate::kernels::action::{Action, ActionSpec};
 use crate::kernels::adam::{Adam, AdamSpec};
@@ -31,6 +32,7 @@ use crate::kernels::coupling_layer::{
 use crate::kernels::prior::{Prior, PriorSpec};
 use crate::kernels::reduce;
 use crate::kernels::tiling::ConvTiling;
+use crate::kernels::z2::{Combine, Mirror, Z2Spec};
 use anyhow::{Context, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +55,9 @@ pub struct TapeSpec {
     pub stream: u32,
     pub m2: f64,
     pub lam: f64,
-    /// Initial learning rate (Train).
+    /// Initial learning rate and Adam's beta1, beta2 (Train).
     pub lr: f64,
+    pub adam_betas: [f64; 2],
     /// Whether each coupling layer runs as one dispatch each way.
     pub fusion: Fusion,
 }
@@ -109,6 +112,7 @@ impl TapeSpec {
             m2: cfg.physical.m2,
             lam: cfg.physical.lam,
             lr: cfg.lr(1),
+            adam_betas: cfg.training.adam_betas,
             fusion: Fusion::Auto,
         }
     }
@@ -121,6 +125,9 @@ pub enum Op {
     Coupling(Coupling),
     Action(Action),
     Loss(Dispatch),
+    /// A symmetrised coupling's [x; -x] and (s, t) (`kernels::z2`).
+    Mirror(Mirror),
+    Combine(Combine),
     /// A whole coupling layer: one dispatch forward, one and a reduction backward.
     Layer(CouplingLayer),
     /// A whole layer's forward, and the backward of the per-kernel ops it stands for (kept
@@ -134,6 +141,8 @@ impl Op {
             Op::Prior(p) => vec![&p.sample],
             Op::Conv(c) => vec![&c.forward],
             Op::Coupling(c) => vec![&c.forward],
+            Op::Mirror(m) => vec![&m.forward],
+            Op::Combine(c) => vec![&c.forward],
             // Training fuses dS/dphi into the forward: it is the loss's only path to phi.
             Op::Action(a) => vec![if mode == Mode::Train {
                 &a.action_grad
@@ -149,6 +158,8 @@ impl Op {
         match self {
             Op::Conv(c) => c.backward.iter().collect(),
             Op::Coupling(c) => c.backward.iter().collect(),
+            Op::Mirror(m) => m.backward.iter().collect(),
+            Op::Combine(c) => c.backward.iter().collect(),
             Op::Layer(layer) => layer.backward.iter().collect(),
             Op::Split(_, parts) => parts.iter().rev().flat_map(|op| op.backward()).collect(),
             // Prior: z is not differentiated. Action, Loss: fused into their forwards.
@@ -161,6 +172,8 @@ impl Op {
             Op::Prior(_) => "prior",
             Op::Conv(_) => "conv",
             Op::Coupling(_) => "coupling",
+            Op::Mirror(_) => "z2 mirror",
+            Op::Combine(_) => "z2 combine",
             Op::Action(_) => "action",
             Op::Loss(_) => "loss",
             Op::Layer(_) | Op::Split(..) => "coupling layer",
@@ -192,16 +205,24 @@ fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
     let flow = &spec.flow;
     let v = flow.lattice.volume() as u64;
     let widest = *flow.channels().iter().max().unwrap_or(&1) as u64;
+    // A symmetrised coupling's net runs on twice the batch.
+    let net_batch = spec.batch
+        * flow
+            .nets
+            .iter()
+            .map(|n| n.coupling.net_batch_factor())
+            .max()
+            .unwrap_or(1);
     let max = gpu
         .limits
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    let activation = 4 * spec.batch as u64 * widest * v;
+    let activation = 4 * net_batch as u64 * widest * v;
     if activation > max {
         anyhow::bail!(
             "one activation buffer (batch {} x {} channels x {} sites) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower the batch, the lattice size L or the hidden widths",
-            spec.batch,
+            net_batch,
             widest,
             v,
             mib(activation),
@@ -222,10 +243,10 @@ fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
         );
     }
     let groups = gpu.limits.max_compute_workgroups_per_dimension as usize;
-    if spec.batch > groups {
+    if net_batch > groups {
         anyhow::bail!(
-            "a batch of {} exceeds this adapter's max_compute_workgroups_per_dimension = {groups}",
-            spec.batch
+            "a batch of {} (the nets') exceeds this adapter's max_compute_workgroups_per_dimension = {groups}",
+            net_batch
         );
     }
     Ok(())
@@ -304,17 +325,19 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
     let net = &spec.flow.nets[l];
     let c = &net.convs[j];
     let dims = ConvDims {
-        batch: spec.batch,
+        batch: spec.batch * net.coupling.net_batch_factor(),
         volume: spec.flow.lattice.volume(),
         taps: c.n_taps,
         cin: c.cin,
         cout: c.cout,
     };
-    let input_grad = match (j, l) {
+    let input_grad = match (j, l, net.coupling) {
         // Layer 0's input is the prior sample: nothing to differentiate.
-        (0, 0) => InputGrad::Skip,
+        (0, 0, _) => InputGrad::Skip,
         // The first convolution reads mask * x: its input gradient adds into dL/dx.
-        (0, _) => InputGrad::AddMasked,
+        (0, _, CouplingKind::Affine) => InputGrad::AddMasked,
+        // ... or mask * [x; -x]: `z2::Mirror`'s backward adds it into dL/dx.
+        (0, _, CouplingKind::AffineZ2) => InputGrad::Write,
         _ => InputGrad::TimesActGrad(net.convs[j - 1].act),
     };
     ConvSpec {
@@ -336,6 +359,9 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
 struct Activations {
     whole: Option<GpuBuffer>,
     convs: Vec<GpuBuffer>,
+    /// A symmetrised coupling's net input [x; -x] and its (s, t).
+    mirrored: Option<GpuBuffer>,
+    st: Option<GpuBuffer>,
 }
 
 /// The backward's buffers.
@@ -351,6 +377,9 @@ struct GradBuffers {
     gh: Vec<GpuBuffer>,
     /// Weight-gradient partial sums (the largest any layer needs).
     partial: GpuBuffer,
+    /// Symmetrised per-kernel layers: dL/d[x; -x] and dL/d(s, t).
+    gmirrored: Option<GpuBuffer>,
+    gst: Option<GpuBuffer>,
 }
 
 /// Every buffer of a tape, sized and named in one place.
@@ -404,12 +433,20 @@ impl Buffers {
         // Activations: training keeps every layer's for the backward; inference shares one
         // set between the per-kernel layers and a placeholder between the whole ones.
         let per_kernel_set = |pl: &mut Planner, name: &str, l: usize| -> Result<Activations> {
-            let convs = flow.nets[l].convs.iter().enumerate();
+            let net = &flow.nets[l];
+            let nb = b * net.coupling.net_batch_factor();
+            let z2 = net.coupling == CouplingKind::AffineZ2;
             Ok(Activations {
                 whole: None,
-                convs: convs
-                    .map(|(j, c)| pl.f32(format!("{name}[{j}]"), b * c.cout * v))
+                convs: (net.convs.iter().enumerate())
+                    .map(|(j, c)| pl.f32(format!("{name}[{j}]"), nb * c.cout * v))
                     .collect::<Result<_>>()?,
+                mirrored: z2
+                    .then(|| pl.f32(format!("{name} [x; -x]"), 2 * b * v))
+                    .transpose()?,
+                st: z2
+                    .then(|| pl.f32(format!("{name} (s, t)"), 2 * b * v))
+                    .transpose()?,
             })
         };
         let mut shared: Option<Activations> = None;
@@ -426,6 +463,8 @@ impl Buffers {
                             .map(|j| buf.range(4 * off[j] as u64, (4 * b * ch[j + 1] * v) as u64))
                             .collect(),
                         whole: Some(buf),
+                        mirrored: None,
+                        st: None,
                     }
                 }
                 (Exec::PerKernel, true) => per_kernel_set(pl, &format!("h[{l}]"), l)?,
@@ -436,6 +475,8 @@ impl Buffers {
                     Activations {
                         whole: placeholder.clone(),
                         convs: vec![],
+                        mirrored: None,
+                        st: None,
                     }
                 }
                 (Exec::PerKernel, false) => {
@@ -446,6 +487,8 @@ impl Buffers {
                     Activations {
                         whole: None,
                         convs: s.convs.clone(),
+                        mirrored: s.mirrored.clone(),
+                        st: s.st.clone(),
                     }
                 }
             };
@@ -461,17 +504,21 @@ impl Buffers {
             // Each depth's output gradient, as wide as the widest per-kernel layer needs.
             let mut gh_len: Vec<usize> = vec![];
             let mut partial_len = 1;
+            let mut z2 = false;
             for (l, e) in exec.iter().enumerate() {
                 match e {
                     Exec::Whole => {
                         partial_len = partial_len.max(layer_spec(spec, l).partial_len(gpu))
                     }
                     Exec::PerKernel | Exec::WholeForward => {
-                        for (j, c) in flow.nets[l].convs.iter().enumerate() {
+                        let net = &flow.nets[l];
+                        z2 |= net.coupling == CouplingKind::AffineZ2;
+                        let nb = b * net.coupling.net_batch_factor();
+                        for (j, c) in net.convs.iter().enumerate() {
                             if gh_len.len() <= j {
                                 gh_len.push(0);
                             }
-                            gh_len[j] = gh_len[j].max(b * c.cout * v);
+                            gh_len[j] = gh_len[j].max(nb * c.cout * v);
                             partial_len = partial_len.max(conv_spec(gpu, spec, l, j).partial_len());
                         }
                     }
@@ -491,6 +538,12 @@ impl Buffers {
                     .map(|(j, &n)| pl.f32(format!("dL/dh[{j}]"), n))
                     .collect::<Result<_>>()?,
                 partial: pl.f32("weight-gradient partials".into(), partial_len)?,
+                gmirrored: z2
+                    .then(|| pl.f32("dL/d[x; -x]".into(), 2 * b * v))
+                    .transpose()?,
+                gst: z2
+                    .then(|| pl.f32("dL/d(s, t)".into(), 2 * b * v))
+                    .transpose()?,
             })
         } else {
             None
@@ -561,13 +614,40 @@ fn wire_per_kernel(
 ) -> Result<Vec<Op>> {
     let net = &spec.flow.nets[l];
     let (x, y) = buf.io(spec.mode == Mode::Train, l);
-    let hs = &buf.acts[l].convs;
-    let mut ops = Vec::with_capacity(net.convs.len() + 1);
+    let acts = &buf.acts[l];
+    let hs = &acts.convs;
+    let z2 = net.coupling == CouplingKind::AffineZ2;
+    let zspec = Z2Spec {
+        batch: spec.batch,
+        volume: spec.flow.lattice.volume(),
+        parity: net.parity,
+        final_act: net.final_act(),
+    };
+    let mut ops = Vec::with_capacity(net.convs.len() + 3);
+    // The net's input, and where its input gradient goes: x itself, or [x; -x] for a
+    // symmetrised coupling, whose mirror folds that gradient back into dL/dx.
+    let (net_x, net_gx) = if z2 {
+        let xx = acts
+            .mirrored
+            .as_ref()
+            .expect("planned for a symmetrised coupling");
+        let grad = buf.grad.as_ref().filter(|_| l > 0);
+        let g = grad.map(|g| (g.gmirrored.as_ref().unwrap(), &g.gx[l % 2]));
+        ops.push(Op::Mirror(Mirror::new(gpu, zspec, &buf.lattice, x, xx, g)?));
+        (xx, buf.grad.as_ref().and_then(|g| g.gmirrored.as_ref()))
+    } else {
+        (x, buf.grad.as_ref().map(|g| &g.gx[l % 2]))
+    };
     for j in 0..net.convs.len() {
         let grad = buf.grad.as_ref().map(|g| ConvGrads {
             grads: &g.grads,
             gy: &g.gh[j],
-            gx: if j == 0 { &g.gx[l % 2] } else { &g.gh[j - 1] },
+            // Unused where the input is not differentiated (`InputGrad::Skip`).
+            gx: if j == 0 {
+                net_gx.unwrap_or(&g.gx[l % 2])
+            } else {
+                &g.gh[j - 1]
+            },
             partial: &g.partial,
         });
         let conv = Conv::new(
@@ -576,7 +656,7 @@ fn wire_per_kernel(
             &ConvBuffers {
                 lattice: &buf.lattice,
                 params,
-                x: if j == 0 { x } else { &hs[j - 1] },
+                x: if j == 0 { net_x } else { &hs[j - 1] },
                 y: &hs[j],
                 grad,
             },
@@ -584,30 +664,47 @@ fn wire_per_kernel(
         ops.push(Op::Conv(conv));
     }
     let out = hs.last().expect("a net has a convolution");
-    let coupling = match net.coupling {
-        CouplingKind::Affine => Coupling::new(
-            gpu,
-            CouplingSpec {
-                batch: spec.batch,
-                volume: spec.flow.lattice.volume(),
-                parity: net.parity,
-                final_act: net.final_act(),
-            },
-            &CouplingBuffers {
-                lattice: &buf.lattice,
-                x,
-                st: out,
-                y,
-                logq: &buf.logq,
-                grad: buf.grad.as_ref().map(|g| CouplingGrads {
-                    gy: &g.gx[(l + 1) % 2],
-                    gx: &g.gx[l % 2],
-                    gst: g.gh.last().expect("a net has a convolution"),
-                    glogq: &buf.glogq,
-                }),
-            },
-        )?,
+    let gout = buf
+        .grad
+        .as_ref()
+        .map(|g| g.gh.last().expect("a net has a convolution"));
+    // (s, t), where the coupling reads them, and their gradient.
+    let (st, gst, final_act) = match net.coupling {
+        CouplingKind::Affine => (out, gout, net.final_act()),
+        CouplingKind::AffineZ2 => {
+            let st = acts
+                .st
+                .as_ref()
+                .expect("planned for a symmetrised coupling");
+            let gst = buf.grad.as_ref().map(|g| g.gst.as_ref().unwrap());
+            let g = gst.zip(gout);
+            ops.push(Op::Combine(Combine::new(gpu, zspec, out, st, g)?));
+            // combine_backward applies the net's final activation per branch.
+            (st, gst, Act::None)
+        }
     };
+    let coupling = Coupling::new(
+        gpu,
+        CouplingSpec {
+            batch: spec.batch,
+            volume: spec.flow.lattice.volume(),
+            parity: net.parity,
+            final_act,
+        },
+        &CouplingBuffers {
+            lattice: &buf.lattice,
+            x,
+            st,
+            y,
+            logq: &buf.logq,
+            grad: buf.grad.as_ref().zip(gst).map(|(g, gst)| CouplingGrads {
+                gy: &g.gx[(l + 1) % 2],
+                gx: &g.gx[l % 2],
+                gst,
+                glogq: &buf.glogq,
+            }),
+        },
+    )?;
     ops.push(Op::Coupling(coupling));
     Ok(ops)
 }
@@ -707,7 +804,11 @@ impl Tape {
         let adam = match &buf.grad {
             Some(g) => Some(Adam::new(
                 gpu,
-                AdamSpec::new(flow.param_len, spec.lr),
+                AdamSpec {
+                    beta1: spec.adam_betas[0],
+                    beta2: spec.adam_betas[1],
+                    ..AdamSpec::new(flow.param_len, spec.lr)
+                },
                 counter,
                 params,
                 &g.grads,
@@ -781,6 +882,29 @@ impl Tape {
         for d in self.step_dispatches() {
             d.record(&mut pass);
         }
+    }
+
+    /// Push the samples in `x[0]`, with their log r already in `logq`, through the flow (and
+    /// the action and loss) without drawing: the step's forward minus the prior. For checking
+    /// the flow on given inputs (e.g. its symmetry).
+    pub fn submit_forward_from_input(&self, gpu: &Gpu) {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
+            for op in self.ops.iter().filter(|op| !matches!(op, Op::Prior(_))) {
+                for d in op.forward(self.spec.mode) {
+                    d.record(&mut pass);
+                }
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
     }
 
     /// Record and submit one step (the only submit of a training step).

@@ -258,6 +258,7 @@ fn fused_and_unfused_tapes_agree() {
                 m2: -4.0,
                 lam: 8.0,
                 lr: 0.0,
+                adam_betas: [0.9, 0.999],
                 fusion,
             };
             let counter = g.upload("counter", &[0u32; 4]).unwrap();

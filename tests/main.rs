@@ -21,3 +21,4 @@ mod sample;
 mod shaders;
 mod tape;
 mod train;
+mod z2;

@@ -44,6 +44,11 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 v.push(vec![("WG", wg), ("ACT", 0)]);
             }
         }
+        Shader::Z2 => {
+            for act in [0, 2] {
+                v.push(vec![("WG", 64), ("ACT", act)]);
+            }
+        }
         Shader::CouplingLayer => {
             // The tutorial (2D L 8, [8, 8]) with 1 and 4 sites per thread; one hidden layer
             // (no HID -> HID stage) in 4D with k = 3 (81 taps); three hidden layers on 10 x 10;

@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
-use gomaflow_wgpu::flow::{FlowSpec, reference};
+use gomaflow_wgpu::flow::{CouplingKind, FlowSpec, reference};
 use gomaflow_wgpu::kernels::adam::{self, AdamSpec};
 use gomaflow_wgpu::kernels::prior::reference as prior_ref;
 use gomaflow_wgpu::lattice::Lattice;
@@ -44,6 +44,7 @@ fn tape_spec_fused(
         m2: -4.0,
         lam: 8.0,
         lr,
+        adam_betas: [0.9, 0.999],
         fusion,
     }
 }
@@ -52,11 +53,26 @@ fn tape_spec_fused(
 /// loss of each step and the parameters after it; with each coupling layer's forward as one
 /// dispatch (where the net allows) and as separate launches.
 fn train_steps(label: &str, f: &FlowSpec, batch: usize, prior: PriorKind, steps: u64, fd: bool) {
-    train_steps_with(label, f, batch, prior.clone(), steps, fd, Fusion::On);
-    let label = format!("{label} unfused");
-    train_steps_with(&label, f, batch, prior, steps, false, Fusion::Off);
+    train_steps_betas(label, f, batch, prior, steps, fd, DEFAULT_BETAS);
 }
 
+const DEFAULT_BETAS: [f64; 2] = [0.9, 0.999];
+
+fn train_steps_betas(
+    label: &str,
+    f: &FlowSpec,
+    batch: usize,
+    prior: PriorKind,
+    steps: u64,
+    fd: bool,
+    betas: [f64; 2],
+) {
+    train_steps_with(label, f, batch, prior.clone(), steps, fd, Fusion::On, betas);
+    let label = format!("{label} unfused");
+    train_steps_with(&label, f, batch, prior, steps, false, Fusion::Off, betas);
+}
+
+#[allow(clippy::too_many_arguments)]
 fn train_steps_with(
     label: &str,
     f: &FlowSpec,
@@ -65,13 +81,22 @@ fn train_steps_with(
     steps: u64,
     fd: bool,
     fusion: Fusion,
+    betas: [f64; 2],
 ) {
     let g = gpu();
     let lr = 1e-2;
     let p0: Vec<f64> = f.init_params(7).iter().map(|&x| x as f64).collect();
     let params = g.upload_params(&f32s(&p0)).unwrap();
     let counter = g.upload("counter", &[0u32; 4]).unwrap();
-    let spec = tape_spec_fused(f, batch, prior.clone(), lr, fusion);
+    let spec = TapeSpec {
+        adam_betas: betas,
+        ..tape_spec_fused(f, batch, prior.clone(), lr, fusion)
+    };
+    let adam_spec = AdamSpec {
+        beta1: betas[0],
+        beta2: betas[1],
+        ..AdamSpec::new(p0.len(), lr)
+    };
     let tape = Tape::new(g, spec, &params, &counter).unwrap();
     let v = f.lattice.volume();
 
@@ -120,7 +145,7 @@ fn train_steps_with(
 
         // Adam on the reference; where the gradient is far from zero the update is determined;
         // near zero Adam's first steps are sign(g) * lr and f32 noise may flip the sign.
-        adam::reference::step(&AdamSpec::new(n, lr), t, &mut p, &grad, &mut m, &mut s2);
+        adam::reference::step(&adam_spec, t, &mut p, &grad, &mut m, &mut s2);
         let gp = read(&tape.params);
         let determined: Vec<usize> = (0..n).filter(|&i| grad[i].abs() > 1e-3 * scale).collect();
         let got: Vec<f64> = determined.iter().map(|&i| gp[i]).collect();
@@ -290,4 +315,161 @@ fn inference_matches_training_forward() {
     assert_eq!(phi_i, phi_t);
     assert_eq!(lq_i, lq_t);
     assert_eq!(s_i, s_t);
+}
+
+/// Symmetrised couplings (an odd flow) in Nd = 1-4, per kernel (the whole-layer kernel does
+/// not know them, so `Fusion::On` falls back), every parameter's gradient against the
+/// reference and the reference against finite differences; with the identity start and
+/// Adam's betas (0.8, 0.9).
+#[test]
+fn tape_z2() {
+    let normal = PriorKind::Normal {
+        mu: 0.0,
+        sigma: 1.0,
+    };
+    let z2 = |f: FlowSpec| f.with_coupling(CouplingKind::AffineZ2);
+    train_steps(
+        "tape z2 2D L=4 2 layers hidden [4]",
+        &z2(flow(2, 4, 2, vec![4], 3, true)),
+        3,
+        normal.clone(),
+        3,
+        true,
+    );
+    train_steps(
+        "tape z2 1D L=8 3 layers hidden [4, 4] no tanh",
+        &z2(flow(1, 8, 3, vec![4, 4], 3, false)),
+        2,
+        normal.clone(),
+        2,
+        true,
+    );
+    train_steps(
+        "tape z2 3D L=4",
+        &z2(flow(3, 4, 2, vec![2], 3, true)),
+        2,
+        normal.clone(),
+        2,
+        false,
+    );
+    train_steps(
+        "tape z2 4D L=2",
+        &z2(flow(4, 2, 2, vec![2], 3, true)),
+        2,
+        normal.clone(),
+        2,
+        false,
+    );
+    train_steps_betas(
+        "tape z2 2D L=4 identity start, betas (0.8, 0.9)",
+        &z2(flow(2, 4, 3, vec![3], 3, true)).with_identity_init(),
+        3,
+        normal,
+        3,
+        true,
+        [0.8, 0.9],
+    );
+}
+
+/// The identity start: the last convolution of every net is zero (the others as PyTorch's
+/// default from the same seed), so the flow starts as the identity map, phi = z.
+#[test]
+fn identity_init_starts_as_the_identity() {
+    let f = flow(2, 4, 4, vec![4, 4], 3, true);
+    let ident = f.clone().with_identity_init();
+    let (p, q) = (f.init_params(9), ident.init_params(9));
+    for net in &ident.nets {
+        let last = net.convs.last().unwrap();
+        assert!(q[last.params()].iter().all(|&w| w == 0.0));
+        for c in &net.convs[..net.convs.len() - 1] {
+            assert_eq!(p[c.params()], q[c.params()]);
+            assert!(q[c.params()].iter().any(|&w| w != 0.0));
+        }
+    }
+    let mut r = rng(4);
+    let z = uniform(&mut r, 3 * 16, -2.0, 2.0);
+    let logr = vec![-1.0, 2.0, 0.5];
+    let qf: Vec<f64> = q.iter().map(|&w| w as f64).collect();
+    let fw = reference::forward(&ident, &qf, &z, &logr);
+    assert_eq!(fw.x[4], z);
+    assert_eq!(fw.logq, logr);
+    let pf: Vec<f64> = p.iter().map(|&w| w as f64).collect();
+    assert_ne!(reference::forward(&f, &pf, &z, &logr).x[4], z);
+}
+
+/// The symmetrised flow is odd and its density even: pushing -z gives -phi and the same
+/// log q, on the GPU (to the bit: the two halves of the net's batch swap) and in the f64
+/// reference, untrained and after training steps. The plain flow is not odd (the check can
+/// fail).
+#[test]
+fn z2_flow_is_odd() {
+    let g = gpu();
+    let normal = PriorKind::Normal {
+        mu: 0.0,
+        sigma: 1.0,
+    };
+    let (batch, v) = (6, 36);
+    let mut r = rng(17);
+    let z = rounded(&uniform(&mut r, batch * v, -3.0, 3.0));
+    let minus_z: Vec<f64> = z.iter().map(|x| -x).collect();
+    let logr: Vec<f64> = z
+        .chunks(v)
+        .map(|c| prior_ref::log_density(&normal, c))
+        .collect();
+    for z2 in [true, false] {
+        let mut f = flow(2, 6, 4, vec![4, 4], 3, true);
+        if z2 {
+            f = f.with_coupling(CouplingKind::AffineZ2);
+        }
+        let params = g.upload_params(&f.init_params(5)).unwrap();
+        let c1 = g.upload("counter", &[0u32; 4]).unwrap();
+        let c2 = g.upload("counter", &[0u32; 4]).unwrap();
+        let train = Tape::new(g, tape_spec(&f, 8, normal.clone(), 1e-2), &params, &c1).unwrap();
+        let mut spec = tape_spec(&f, batch, normal.clone(), 0.0);
+        spec.mode = Mode::Infer;
+        let infer = Tape::new(g, spec, &params, &c2).unwrap();
+        let push = |z: &[f64]| {
+            g.write(&infer.x[0], &f32s(z));
+            g.write(&infer.logq, &f32s(&logr));
+            infer.submit_forward_from_input(g);
+            (read(infer.phi()), read(&infer.logq))
+        };
+        for trained in [false, true] {
+            if trained {
+                for _ in 0..20 {
+                    train.submit_step(g);
+                }
+                g.wait().unwrap();
+            }
+            let label = format!("z2 {z2} trained {trained}");
+            let ((phi, lq), (phi_m, lq_m)) = (push(&z), push(&minus_z));
+            let odd = phi.iter().zip(&phi_m).map(|(a, b)| (a + b).abs());
+            let worst = odd.fold(0.0f64, f64::max);
+            assert!(
+                phi.iter().zip(&z).any(|(a, b)| (a - b).abs() > 1e-3),
+                "{label}: the flow is the identity, the test would prove nothing"
+            );
+            if !z2 {
+                assert!(worst > 1e-3, "{label}: a plain flow came out odd");
+                continue;
+            }
+            eprintln!("CHECK {label}: max |f(z) + f(-z)| {worst:.1e}");
+            assert_eq!(worst, 0.0, "{label}: f(-z) != -f(z)");
+            assert_eq!(lq, lq_m, "{label}: log q(-phi) != log q(phi)");
+            let p: Vec<f64> = read(&params);
+            let (a, b) = (
+                reference::forward(&f, &p, &z, &logr),
+                reference::forward(&f, &p, &minus_z, &logr),
+            );
+            let n = f.n_layers;
+            let ref_odd = a.x[n].iter().zip(&b.x[n]).map(|(p, q)| (p + q).abs());
+            assert!(ref_odd.fold(0.0f64, f64::max) < 1e-12, "{label}: reference");
+            check(
+                &format!("{label} reference log q(-phi)"),
+                &b.logq,
+                &a.logq,
+                1e-12,
+            );
+        }
+    }
 }

@@ -47,6 +47,7 @@ shaders! {
     Reduce => "reduce",
     Adam => "adam",
     Hmc => "hmc",
+    Z2 => "z2",
 }
 
 impl Shader {

@@ -11,6 +11,7 @@ pub mod hmc;
 pub mod prior;
 pub mod reduce;
 pub mod tiling;
+pub mod z2;
 
 use crate::flow::Taps;
 use crate::gpu::{Gpu, GpuBuffer};
