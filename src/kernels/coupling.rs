@@ -1,6 +1,6 @@
 //! The affine coupling with a checkerboard mask (`shaders/coupling.wgsl`).
 
-use super::{Act, LatticeBuffers, reduction_workgroup};
+use super::{Act, LatticeBuffers, MaskedParams, reduction_workgroup};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::Result;
 
@@ -34,15 +34,6 @@ pub struct CouplingGrads<'a> {
     pub glogq: &'a GpuBuffer,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    volume: u32,
-    parity: u32,
-    _pad: u32,
-}
-
 pub struct Coupling {
     pub spec: CouplingSpec,
     pub forward: Dispatch,
@@ -65,12 +56,7 @@ impl Coupling {
                 .with("WG", wg)
                 .with("ACT", spec.final_act.code())
         };
-        let u = Params {
-            batch: spec.batch as u32,
-            volume: spec.volume as u32,
-            parity: spec.parity,
-            _pad: 0,
-        };
+        let u = MaskedParams::new(spec.batch, spec.volume, spec.parity);
         let u = Some(bytemuck::bytes_of(&u));
         let groups = [spec.batch as u32, 1, 1];
         let fwd = base("forward");

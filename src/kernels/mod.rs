@@ -103,6 +103,28 @@ impl LatticeBuffers {
     }
 }
 
+/// The uniform block of the kernels that work on a batch of checkerboard-masked fields
+/// (`coupling.wgsl`, `z2.wgsl`: `struct Params { batch, volume, parity }`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MaskedParams {
+    pub batch: u32,
+    pub volume: u32,
+    pub parity: u32,
+    pub _pad: u32,
+}
+
+impl MaskedParams {
+    pub fn new(batch: usize, volume: usize, parity: u32) -> Self {
+        MaskedParams {
+            batch: batch as u32,
+            volume: volume as u32,
+            parity,
+            _pad: 0,
+        }
+    }
+}
+
 /// The workgroup size of the per-sample reduction kernels: the smallest power of two covering
 /// the lattice, at most 256 (so a 4x4 lattice does not idle 240 lanes of 256).
 pub fn reduction_workgroup(volume: usize) -> u32 {

@@ -3,7 +3,7 @@
 //! even and odd in that field from the net's two outputs; their backwards. With them a coupling
 //! is odd, f(-z) = -f(z), so the flow's density is symmetric, q(-phi) = q(phi).
 
-use super::{Act, LatticeBuffers};
+use super::{Act, LatticeBuffers, MaskedParams};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
 use anyhow::Result;
 
@@ -18,15 +18,6 @@ pub struct Z2Spec {
     pub parity: u32,
     /// The net's final activation, differentiated per branch by combine_backward.
     pub final_act: Act,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    volume: u32,
-    parity: u32,
-    _pad: u32,
 }
 
 /// `x` [B, V] to `xx` [2B, V]; backward (unless the input is not differentiated): `gxx`
@@ -49,13 +40,8 @@ fn kernel(spec: &Z2Spec, entry: &'static str) -> KernelSpec {
         .with("ACT", spec.final_act.code())
 }
 
-fn uniform(spec: &Z2Spec) -> Params {
-    Params {
-        batch: spec.batch as u32,
-        volume: spec.volume as u32,
-        parity: spec.parity,
-        _pad: 0,
-    }
+fn uniform(spec: &Z2Spec) -> MaskedParams {
+    MaskedParams::new(spec.batch, spec.volume, spec.parity)
 }
 
 fn groups(spec: &Z2Spec) -> [u32; 3] {
