@@ -215,9 +215,7 @@ impl FlowSpec {
     ) -> FlowSpec {
         let taps = Taps::Window { k: kernel_size };
         let n_taps = taps.count(lattice.nd);
-        let mut channels = vec![1];
-        channels.extend(&hidden);
-        channels.push(2);
+        let channels = Self::channels_of(&hidden);
         let n = channels.len() - 1;
         let mut offset = 0;
         let nets = (0..n_layers)
@@ -304,8 +302,12 @@ impl FlowSpec {
 
     /// Channels of the coupling net: [1, hidden..., 2].
     pub fn channels(&self) -> Vec<usize> {
+        Self::channels_of(&self.hidden)
+    }
+
+    fn channels_of(hidden: &[usize]) -> Vec<usize> {
         let mut c = vec![1];
-        c.extend(&self.hidden);
+        c.extend(hidden);
         c.push(2);
         c
     }

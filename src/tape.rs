@@ -888,34 +888,16 @@ impl Tape {
     /// the action and loss) without drawing: the step's forward minus the prior. For checking
     /// the flow on given inputs (e.g. its symmetry).
     pub fn submit_forward_from_input(&self, gpu: &Gpu) {
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
-            for op in self.ops.iter().filter(|op| !matches!(op, Op::Prior(_))) {
-                for d in op.forward(self.spec.mode) {
-                    d.record(&mut pass);
-                }
-            }
-        }
-        gpu.queue.submit([enc.finish()]);
+        let forward: Vec<&Dispatch> = (self.ops.iter())
+            .filter(|op| !matches!(op, Op::Prior(_)))
+            .flat_map(|op| op.forward(self.spec.mode))
+            .collect();
+        gpu.submit("forward", &forward);
     }
 
     /// Record and submit one step (the only submit of a training step).
     pub fn submit_step(&self, gpu: &Gpu) {
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
-        self.record(&mut enc);
-        gpu.queue.submit([enc.finish()]);
+        gpu.submit("step", &self.step_dispatches());
     }
 
     /// Bytes of all buffers this tape planned.

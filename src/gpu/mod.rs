@@ -508,17 +508,25 @@ impl Gpu {
     /// Record `dispatches` into one compute pass of a fresh encoder, submit, and wait.
     /// For tests and one-off work; the training loop records its own encoder.
     pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        self.submit("run", dispatches);
+        self.wait()
+    }
+
+    /// Record `dispatches` into one compute pass of a fresh encoder and submit, without waiting.
+    pub fn submit(&self, label: &str, dispatches: &[&Dispatch]) {
         let mut enc = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
             for d in dispatches {
                 d.record(&mut pass);
             }
         }
         self.queue.submit([enc.finish()]);
-        self.wait()
     }
 }
 
