@@ -6,6 +6,10 @@
 // and an inference tape writes nothing to memory but y and log q. A training tape (TRAIN = 1)
 // also stores every convolution's output for the backward.
 // backward (below): the layer's gradients for a chunk of samples per workgroup, then `reduce`.
+// A symmetrised coupling (Z2 = 1, as z2.wgsl's mirror and combine) runs the net twice per
+// sample, on mask * x (branch 0) and on -mask * x (branch 1), and couples with
+// s = (s0 + s1) / 2, t = (t0 - t1) / 2; its activations in `h` are those of a net batch of 2B,
+// branch 1 of sample b at row B + b (the per-kernel path's layout).
 //
 // Conventions as conv.wgsl: neighbours from nbr[site * TAPS + t]; weights [COUT, CIN, TAPS]
 // then bias [COUT] per convolution, read through the uniform binding `wu` (the layer's slice
@@ -31,6 +35,8 @@ const TPT: u32 = 1u;
 const ROWS: u32 = TAPS / TPT;
 // 1: write each convolution's output to `h` for the backward.
 const TRAIN: u32 = 0u;
+// 1: a symmetrised (odd) coupling: branches 0 and 1 above.
+const Z2: u32 = 0u;
 // vec4s of the layer's parameter slice, and where (in floats) its convolutions start in it.
 const WLEN: u32 = 240u;
 const W_MID: u32 = 128u;
@@ -76,6 +82,8 @@ struct Params {
 
 // The sample's activations: hidden outputs alternate between [0, HID V) and [HID V, 2 HID V).
 var<workgroup> act: array<f32, HLEN>;
+// A symmetrised layer: branch 0's (s, t), until branch 1 combines them.
+var<workgroup> st0: array<f32, 2u * V * Z2 + 1u>;
 
 fn weight(i: u32) -> f32 {
     return wu[i >> 2u][i & 3u];
@@ -95,76 +103,32 @@ fn sites(s0: u32) -> array<u32, SPT> {
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
     let xrow = b * V;
+    var part = 0.0;
+    for (var br = 0u; br <= Z2; br++) {
+        // The net's sample (its batch row) and the sign of its input: x, or -x in branch 1.
+        let nb = b + br * p.batch;
+        let sign = 1.0 - 2.0 * f32(br);
 
-    // Convolution 0, 1 -> HID, on the masked input (read from memory: one channel).
-    for (var s0 = lid; s0 < V; s0 += WG * SPT) {
-        let st = sites(s0);
-        var acc: array<f32, SPT * HID>;
-        for (var co = 0u; co < HID; co++) {
-            let bias = weight(HID * TAPS + co);
-            for (var k = 0u; k < SPT; k++) {
-                acc[k * HID + co] = bias;
-            }
-        }
-        for (var t = 0u; t < TAPS; t++) {
-            var v: array<f32, SPT>;
-            for (var k = 0u; k < SPT; k++) {
-                let n = nbr[st[k] * TAPS + t];
-                v[k] = f32(parity_tbl[n] ^ p.parity) * x[xrow + n];
-            }
-            for (var co = 0u; co < HID; co++) {
-                let w = weight(co * TAPS + t);
-                for (var k = 0u; k < SPT; k++) {
-                    acc[k * HID + co] = fma(w, v[k], acc[k * HID + co]);
-                }
-            }
-        }
-        for (var k = 0u; k < SPT; k++) {
-            let s = s0 + k * WG;
-            if s < V {
-                for (var co = 0u; co < HID; co++) {
-                    let a = activate(acc[k * HID + co], ACT_LEAKY);
-                    act[co * V + s] = a;
-                    if TRAIN == 1u {
-                        h[(b * HID + co) * V + s] = a;
-                    }
-                }
-            }
-        }
-    }
-    workgroupBarrier();
-
-    // Hidden convolutions HID -> HID: taps outside, input channels inside, so one neighbour
-    // lookup serves every channel and each gathered value feeds HID multiply-adds.
-    for (var m = 0u; m + 1u < NHID; m++) {
-        let src = (m & 1u) * (HID * V);
-        let dst = HID * V - src;
-        let wo = W_MID + m * W_MID_STRIDE;
+        // Convolution 0, 1 -> HID, on the masked input (read from memory: one channel).
         for (var s0 = lid; s0 < V; s0 += WG * SPT) {
             let st = sites(s0);
             var acc: array<f32, SPT * HID>;
             for (var co = 0u; co < HID; co++) {
-                let bias = weight(wo + HID * HID * TAPS + co);
+                let bias = weight(HID * TAPS + co);
                 for (var k = 0u; k < SPT; k++) {
                     acc[k * HID + co] = bias;
                 }
             }
             for (var t = 0u; t < TAPS; t++) {
-                var n: array<u32, SPT>;
+                var v: array<f32, SPT>;
                 for (var k = 0u; k < SPT; k++) {
-                    n[k] = src + nbr[st[k] * TAPS + t];
+                    let n = nbr[st[k] * TAPS + t];
+                    v[k] = sign * (f32(parity_tbl[n] ^ p.parity) * x[xrow + n]);
                 }
-                for (var ci = 0u; ci < HID; ci++) {
-                    var v: array<f32, SPT>;
+                for (var co = 0u; co < HID; co++) {
+                    let w = weight(co * TAPS + t);
                     for (var k = 0u; k < SPT; k++) {
-                        v[k] = act[n[k] + ci * V];
-                    }
-                    let w = wo + ci * TAPS + t;
-                    for (var co = 0u; co < HID; co++) {
-                        let wv = weight(w + co * (HID * TAPS));
-                        for (var k = 0u; k < SPT; k++) {
-                            acc[k * HID + co] = fma(wv, v[k], acc[k * HID + co]);
-                        }
+                        acc[k * HID + co] = fma(w, v[k], acc[k * HID + co]);
                     }
                 }
             }
@@ -173,62 +137,124 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 if s < V {
                     for (var co = 0u; co < HID; co++) {
                         let a = activate(acc[k * HID + co], ACT_LEAKY);
-                        act[dst + co * V + s] = a;
+                        act[co * V + s] = a;
                         if TRAIN == 1u {
-                            h[(m + 1u) * p.h_stride + (b * HID + co) * V + s] = a;
+                            h[(nb * HID + co) * V + s] = a;
                         }
                     }
                 }
             }
         }
         workgroupBarrier();
-    }
 
-    // The last convolution, HID -> 2, and the coupling at the same site:
-    // y = x where frozen, x exp(s) + t elsewhere; log J sums s over the updated sites.
-    let src = ((NHID - 1u) & 1u) * (HID * V);
-    var part = 0.0;
-    for (var s0 = lid; s0 < V; s0 += WG * SPT) {
-        let st = sites(s0);
-        var sv: array<f32, SPT>;
-        var tv: array<f32, SPT>;
-        for (var k = 0u; k < SPT; k++) {
-            sv[k] = weight(W_OUT + 2u * HID * TAPS);
-            tv[k] = weight(W_OUT + 2u * HID * TAPS + 1u);
-        }
-        for (var t = 0u; t < TAPS; t++) {
-            var n: array<u32, SPT>;
-            for (var k = 0u; k < SPT; k++) {
-                n[k] = src + nbr[st[k] * TAPS + t];
-            }
-            for (var ci = 0u; ci < HID; ci++) {
-                let w = W_OUT + ci * TAPS + t;
-                let ws = weight(w);
-                let wt = weight(w + HID * TAPS);
+        // Hidden convolutions HID -> HID: taps outside, input channels inside, so one neighbour
+        // lookup serves every channel and each gathered value feeds HID multiply-adds.
+        for (var m = 0u; m + 1u < NHID; m++) {
+            let src = (m & 1u) * (HID * V);
+            let dst = HID * V - src;
+            let wo = W_MID + m * W_MID_STRIDE;
+            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+                let st = sites(s0);
+                var acc: array<f32, SPT * HID>;
+                for (var co = 0u; co < HID; co++) {
+                    let bias = weight(wo + HID * HID * TAPS + co);
+                    for (var k = 0u; k < SPT; k++) {
+                        acc[k * HID + co] = bias;
+                    }
+                }
+                for (var t = 0u; t < TAPS; t++) {
+                    var n: array<u32, SPT>;
+                    for (var k = 0u; k < SPT; k++) {
+                        n[k] = src + nbr[st[k] * TAPS + t];
+                    }
+                    for (var ci = 0u; ci < HID; ci++) {
+                        var v: array<f32, SPT>;
+                        for (var k = 0u; k < SPT; k++) {
+                            v[k] = act[n[k] + ci * V];
+                        }
+                        let w = wo + ci * TAPS + t;
+                        for (var co = 0u; co < HID; co++) {
+                            let wv = weight(w + co * (HID * TAPS));
+                            for (var k = 0u; k < SPT; k++) {
+                                acc[k * HID + co] = fma(wv, v[k], acc[k * HID + co]);
+                            }
+                        }
+                    }
+                }
                 for (var k = 0u; k < SPT; k++) {
-                    let v = act[n[k] + ci * V];
-                    sv[k] = fma(ws, v, sv[k]);
-                    tv[k] = fma(wt, v, tv[k]);
+                    let s = s0 + k * WG;
+                    if s < V {
+                        for (var co = 0u; co < HID; co++) {
+                            let a = activate(acc[k * HID + co], ACT_LEAKY);
+                            act[dst + co * V + s] = a;
+                            if TRAIN == 1u {
+                                h[(m + 1u) * p.h_stride + (nb * HID + co) * V + s] = a;
+                            }
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+
+        // The last convolution, HID -> 2, and the coupling at the same site:
+        // y = x where frozen, x exp(s) + t elsewhere; log J sums s over the updated sites.
+        let src = ((NHID - 1u) & 1u) * (HID * V);
+        for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+            let st = sites(s0);
+            var sv: array<f32, SPT>;
+            var tv: array<f32, SPT>;
+            for (var k = 0u; k < SPT; k++) {
+                sv[k] = weight(W_OUT + 2u * HID * TAPS);
+                tv[k] = weight(W_OUT + 2u * HID * TAPS + 1u);
+            }
+            for (var t = 0u; t < TAPS; t++) {
+                var n: array<u32, SPT>;
+                for (var k = 0u; k < SPT; k++) {
+                    n[k] = src + nbr[st[k] * TAPS + t];
+                }
+                for (var ci = 0u; ci < HID; ci++) {
+                    let w = W_OUT + ci * TAPS + t;
+                    let ws = weight(w);
+                    let wt = weight(w + HID * TAPS);
+                    for (var k = 0u; k < SPT; k++) {
+                        let v = act[n[k] + ci * V];
+                        sv[k] = fma(ws, v, sv[k]);
+                        tv[k] = fma(wt, v, tv[k]);
+                    }
+                }
+            }
+            for (var k = 0u; k < SPT; k++) {
+                let s = s0 + k * WG;
+                if s < V {
+                    var sa = activate(sv[k], ACT_OUT);
+                    var ta = activate(tv[k], ACT_OUT);
+                    if TRAIN == 1u {
+                        h[p.st_off + 2u * nb * V + s] = sa;
+                        h[p.st_off + 2u * nb * V + V + s] = ta;
+                    }
+                    if br < Z2 {
+                        st0[s] = sa;
+                        st0[V + s] = ta;
+                        continue;
+                    }
+                    if Z2 == 1u {
+                        sa = 0.5 * (st0[s] + sa);
+                        ta = 0.5 * (st0[V + s] - ta);
+                    }
+                    let xv = x[xrow + s];
+                    if (parity_tbl[s] ^ p.parity) == 1u {
+                        y[xrow + s] = xv;
+                    } else {
+                        y[xrow + s] = fma(xv, exp(sa), ta);
+                        part += sa;
+                    }
                 }
             }
         }
-        for (var k = 0u; k < SPT; k++) {
-            let s = s0 + k * WG;
-            if s < V {
-                let sa = activate(sv[k], ACT_OUT);
-                let ta = activate(tv[k], ACT_OUT);
-                if TRAIN == 1u {
-                    h[p.st_off + 2u * xrow + s] = sa;
-                    h[p.st_off + 2u * xrow + V + s] = ta;
-                }
-                let xv = x[xrow + s];
-                if (parity_tbl[s] ^ p.parity) == 1u {
-                    y[xrow + s] = xv;
-                } else {
-                    y[xrow + s] = fma(xv, exp(sa), ta);
-                    part += sa;
-                }
-            }
+        // Branch 1's first convolution overwrites what branch 0's last one read.
+        if br < Z2 {
+            workgroupBarrier();
         }
     }
     let total = tree_sum(lid, part);
@@ -350,120 +376,144 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     for (var b = b0; b < b1; b++) {
         let xrow = b * V;
         let gl = glogq[b];
-        // The coupling: dx = dy (frozen) or dy exp(s); ds = (dy x exp(s) - dL/dlog q) act'(s),
-        // dt = dy act'(t) on the updated sites, 0 on the frozen ones.
-        for (var s = lid; s < V; s += WG) {
-            let dy = gy[xrow + s];
-            if (parity_tbl[s] ^ p.parity) == 1u {
-                gxd[s] = dy;
-                gact[HLEN + s] = 0.0;
-                gact[HLEN + V + s] = 0.0;
-            } else {
-                let sv = h[p.st_off + 2u * xrow + s];
-                let tv = h[p.st_off + 2u * xrow + V + s];
-                let e = exp(sv);
-                gxd[s] = dy * e;
-                gact[HLEN + s] = (dy * x[xrow + s] * e - gl) * activate_grad(sv, ACT_OUT);
-                gact[HLEN + V + s] = dy * activate_grad(tv, ACT_OUT);
+        // A symmetrised layer: branch 0, then branch 1 (their net rows b and B + b).
+        for (var br = 0u; br <= Z2; br++) {
+            let nb = b + br * p.batch;
+            let sign = 1.0 - 2.0 * f32(br);
+            // The coupling: dx = dy (frozen) or dy exp(s); ds = (dy x exp(s) - dL/dlog q) act'(s),
+            // dt = dy act'(t) on the updated sites, 0 on the frozen ones. Symmetrised: s and t are
+            // the branches' combination, and branch br's outputs get ds / 2 and +-dt / 2 times act'.
+            for (var s = lid; s < V; s += WG) {
+                let dy = gy[xrow + s];
+                if (parity_tbl[s] ^ p.parity) == 1u {
+                    if br == 0u {
+                        gxd[s] = dy;
+                    }
+                    gact[HLEN + s] = 0.0;
+                    gact[HLEN + V + s] = 0.0;
+                } else if Z2 == 0u {
+                    let sv = h[p.st_off + 2u * xrow + s];
+                    let tv = h[p.st_off + 2u * xrow + V + s];
+                    let e = exp(sv);
+                    gxd[s] = dy * e;
+                    gact[HLEN + s] = (dy * x[xrow + s] * e - gl) * activate_grad(sv, ACT_OUT);
+                    gact[HLEN + V + s] = dy * activate_grad(tv, ACT_OUT);
+                } else {
+                    let u0 = p.st_off + 2u * xrow + s;
+                    let u1 = p.st_off + 2u * (xrow + p.batch * V) + s;
+                    let e = exp(0.5 * (h[u0] + h[u1]));
+                    if br == 0u {
+                        gxd[s] = dy * e;
+                    }
+                    let u = p.st_off + 2u * nb * V + s;
+                    gact[HLEN + s] = 0.5 * (dy * x[xrow + s] * e - gl) * activate_grad(h[u], ACT_OUT);
+                    gact[HLEN + V + s] = sign * (0.5 * dy) * activate_grad(h[u + V], ACT_OUT);
+                }
             }
-        }
-        workgroupBarrier();
+            workgroupBarrier();
 
-        // The last convolution, HID -> 2; its input is hidden output NHID - 1, whose gradient
-        // goes to half (NHID - 1) & 1.
-        conv_backward(
-            lid,
-            ci0,
-            r0,
-            2u,
-            HLEN,
-            (NHID - 1u) * p.h_stride + b * HID * V,
-            ((NHID - 1u) & 1u) * (HID * V),
-            W_OUT,
-        );
-        workgroupBarrier();
-
-        // Hidden convolutions HID -> HID, last first: convolution m + 1 maps hidden output m
-        // to m + 1; its output gradient is in half (m + 1) & 1, its input gradient goes to
-        // half m & 1.
-        for (var mm = 0u; mm + 1u < NHID; mm++) {
-            let m = NHID - 2u - mm;
-            let gsrc = ((m + 1u) & 1u) * (HID * V);
+            // The last convolution, HID -> 2; its input is hidden output NHID - 1, whose gradient
+            // goes to half (NHID - 1) & 1.
             conv_backward(
                 lid,
                 ci0,
                 r0,
-                HID,
-                gsrc,
-                m * p.h_stride + b * HID * V,
-                HID * V - gsrc,
-                W_MID + m * W_MID_STRIDE,
+                2u,
+                HLEN,
+                (NHID - 1u) * p.h_stride + nb * HID * V,
+                ((NHID - 1u) & 1u) * (HID * V),
+                W_OUT,
             );
             workgroupBarrier();
-        }
 
-        // The first convolution, 1 -> HID, on mask * x; its output gradient is in half 0.
-        {
-            for (var r = lid; r < ROWS; r += WG) {
-                var acc: array<f32, TPT * HID>;
-                for (var i = 0u; i < TPT * HID; i++) {
-                    acc[i] = 0.0;
-                }
-                let t0 = r * TPT;
-                for (var s = 0u; s < V; s++) {
-                    var v: array<f32, TPT>;
-                    for (var j = 0u; j < TPT; j++) {
-                        let n = nbr[s * TAPS + t0 + j];
-                        v[j] = f32(parity_tbl[n] ^ p.parity) * x[xrow + n];
+            // Hidden convolutions HID -> HID, last first: convolution m + 1 maps hidden output m
+            // to m + 1; its output gradient is in half (m + 1) & 1, its input gradient goes to
+            // half m & 1.
+            for (var mm = 0u; mm + 1u < NHID; mm++) {
+                let m = NHID - 2u - mm;
+                let gsrc = ((m + 1u) & 1u) * (HID * V);
+                conv_backward(
+                    lid,
+                    ci0,
+                    r0,
+                    HID,
+                    gsrc,
+                    m * p.h_stride + nb * HID * V,
+                    HID * V - gsrc,
+                    W_MID + m * W_MID_STRIDE,
+                );
+                workgroupBarrier();
+            }
+
+            // The first convolution, 1 -> HID, on mask * x; its output gradient is in half 0.
+            {
+                for (var r = lid; r < ROWS; r += WG) {
+                    var acc: array<f32, TPT * HID>;
+                    for (var i = 0u; i < TPT * HID; i++) {
+                        acc[i] = 0.0;
                     }
-                    for (var co = 0u; co < HID; co++) {
-                        let g = gact[co * V + s];
+                    let t0 = r * TPT;
+                    for (var s = 0u; s < V; s++) {
+                        var v: array<f32, TPT>;
                         for (var j = 0u; j < TPT; j++) {
-                            acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                            let n = nbr[s * TAPS + t0 + j];
+                            v[j] = sign * (f32(parity_tbl[n] ^ p.parity) * x[xrow + n]);
                         }
-                    }
-                }
-                for (var co = 0u; co < HID; co++) {
-                    for (var j = 0u; j < TPT; j++) {
-                        wacc[co * TAPS + t0 + j] += acc[co * TPT + j];
-                    }
-                }
-            }
-            for (var co = lid; co < HID; co += WG) {
-                var sb = 0.0;
-                for (var s = 0u; s < V; s++) {
-                    sb += gact[co * V + s];
-                }
-                wacc[HID * TAPS + co] += sb;
-            }
-            // dL/dx = the coupling's direct path + mask * the net's path.
-            for (var s0 = lid; s0 < V; s0 += WG * SPT) {
-                let st = sites(s0);
-                var acc: array<f32, SPT>;
-                for (var k = 0u; k < SPT; k++) {
-                    acc[k] = 0.0;
-                }
-                for (var t = 0u; t < TAPS; t++) {
-                    var n: array<u32, SPT>;
-                    for (var k = 0u; k < SPT; k++) {
-                        n[k] = nbr[st[k] * TAPS + TAPS - 1u - t];
+                        for (var co = 0u; co < HID; co++) {
+                            let g = gact[co * V + s];
+                            for (var j = 0u; j < TPT; j++) {
+                                acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                            }
+                        }
                     }
                     for (var co = 0u; co < HID; co++) {
-                        let wv = weight(co * TAPS + t);
-                        for (var k = 0u; k < SPT; k++) {
-                            acc[k] = fma(wv, gact[co * V + n[k]], acc[k]);
+                        for (var j = 0u; j < TPT; j++) {
+                            wacc[co * TAPS + t0 + j] += acc[co * TPT + j];
                         }
                     }
                 }
-                for (var k = 0u; k < SPT; k++) {
-                    let s = s0 + k * WG;
-                    if s < V {
-                        gx[xrow + s] = gxd[s] + f32(parity_tbl[s] ^ p.parity) * acc[k];
+                for (var co = lid; co < HID; co += WG) {
+                    var sb = 0.0;
+                    for (var s = 0u; s < V; s++) {
+                        sb += gact[co * V + s];
+                    }
+                    wacc[HID * TAPS + co] += sb;
+                }
+                // dL/dx = the coupling's direct path + mask * the net's path (symmetrised: branch 0's
+                // path - branch 1's, the first added into gxd).
+                for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+                    let st = sites(s0);
+                    var acc: array<f32, SPT>;
+                    for (var k = 0u; k < SPT; k++) {
+                        acc[k] = 0.0;
+                    }
+                    for (var t = 0u; t < TAPS; t++) {
+                        var n: array<u32, SPT>;
+                        for (var k = 0u; k < SPT; k++) {
+                            n[k] = nbr[st[k] * TAPS + TAPS - 1u - t];
+                        }
+                        for (var co = 0u; co < HID; co++) {
+                            let wv = weight(co * TAPS + t);
+                            for (var k = 0u; k < SPT; k++) {
+                                acc[k] = fma(wv, gact[co * V + n[k]], acc[k]);
+                            }
+                        }
+                    }
+                    for (var k = 0u; k < SPT; k++) {
+                        let s = s0 + k * WG;
+                        if s < V {
+                            let net = sign * (f32(parity_tbl[s] ^ p.parity) * acc[k]);
+                            if br == Z2 {
+                                gx[xrow + s] = gxd[s] + net;
+                            } else {
+                                gxd[s] = gxd[s] + net;
+                            }
+                        }
                     }
                 }
             }
+            workgroupBarrier();
         }
-        workgroupBarrier();
     }
     let base = wid.x * WSPAN;
     for (var i = lid; i < WSPAN; i += WG) {

@@ -68,8 +68,8 @@ pub struct TapeSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fusion {
     /// On GPUs (where launches are what a small step costs; not measured on a GPU). On CPU
-    /// adapters where it was measured to pay: batch x volume at most
-    /// `SOFTWARE_FUSE_MAX_SITES`.
+    /// adapters where it was measured to pay: the net's batch x volume at most
+    /// `SOFTWARE_FUSE_MAX_SITES` (a symmetrised net sees twice the batch).
     Auto,
     /// Wherever the net's shape and the adapter's workgroup memory allow.
     On,
@@ -83,14 +83,21 @@ pub enum Fusion {
 /// thread. Measured on lavapipe (2 cores), tutorial model, ms per training step fused /
 /// unfused: L 8, batch 1: 3.8 / 11.5; batch 4: 6.9 / 14.5; batch 8: 12.4 / 19.4; batch 16:
 /// 20.7 / 19.8; batch 64: 74 / 46. L 4, batch 32: 16.8 / 15.6; batch 64: 31.4 / 25.8.
+/// Symmetrised, on a slower 2-core Xeon: batch 1: 8.8 / 27.5; batch 4: 57.5 / 23.0; batch 8:
+/// 114 / 41 (the net runs on 2 x batch samples, one after the other in each workgroup).
 pub const SOFTWARE_FUSE_MAX_SITES: usize = 512;
 
 impl Fusion {
     fn wanted(self, gpu: &Gpu, spec: &TapeSpec) -> bool {
         match self {
             Fusion::Auto => {
+                let net_batch = (spec.flow.nets.iter())
+                    .map(|n| n.coupling.net_batch_factor())
+                    .max()
+                    .unwrap_or(1)
+                    * spec.batch;
                 !gpu.is_software()
-                    || spec.batch * spec.flow.lattice.volume() <= SOFTWARE_FUSE_MAX_SITES
+                    || net_batch * spec.flow.lattice.volume() <= SOFTWARE_FUSE_MAX_SITES
             }
             Fusion::On => true,
             Fusion::Off => false,
@@ -303,7 +310,7 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
     let (_, h_len) = activation_offsets(
-        spec.batch,
+        ls.net_batch(),
         spec.flow.lattice.volume(),
         &spec.flow.nets[l].channels(),
     );
@@ -311,9 +318,13 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec
         && params.usage.contains(Usage::UNIFORM)
         && ls.unfusable(gpu).is_none()
         && (!ls.train || (4 * h_len) as u64 <= max_binding);
+    // A symmetrised layer's per-kernel backward reads the combined (s, t) and [x; -x], which
+    // the whole-layer forward does not write: such a layer runs whole both ways or not at all.
+    let z2 = ls.net.coupling == CouplingKind::AffineZ2;
     match (forward, ls.train && ls.backward_unfusable(gpu).is_some()) {
         (false, _) => Exec::PerKernel,
         (true, false) => Exec::Whole,
+        (true, true) if z2 => Exec::PerKernel,
         (true, true) => Exec::WholeForward,
     }
 }
@@ -456,11 +467,12 @@ impl Buffers {
             let a = match (*e, train) {
                 (Exec::Whole | Exec::WholeForward, true) => {
                     let ch = flow.nets[l].channels();
-                    let (off, len) = activation_offsets(b, v, &ch);
+                    let nb = b * flow.nets[l].coupling.net_batch_factor();
+                    let (off, len) = activation_offsets(nb, v, &ch);
                     let buf = pl.f32(format!("h[{l}]"), len)?;
                     Activations {
                         convs: (0..ch.len() - 1)
-                            .map(|j| buf.range(4 * off[j] as u64, (4 * b * ch[j + 1] * v) as u64))
+                            .map(|j| buf.range(4 * off[j] as u64, (4 * nb * ch[j + 1] * v) as u64))
                             .collect(),
                         whole: Some(buf),
                         mirrored: None,

@@ -2,7 +2,8 @@
 //! shaders/coupling_layer.wgsl) against the f64 reference model (`flow::reference::forward`,
 //! built from the convolution and coupling references): y, log q and, in training, every
 //! convolution's output, for two consecutive layers (both checkerboard parities), Nd = 1..4,
-//! one to three hidden layers, both final activations, the GPU and the CPU-adapter tilings.
+//! one to three hidden layers, both final activations, plain and symmetrised couplings, the GPU
+//! and the CPU-adapter tilings.
 //! In training, the backward too: dL/dx of each layer and every weight gradient against
 //! `flow::reference::layer_backward`. Then whole tapes with and without the fusion against
 //! each other (tests/tape.rs checks whole training steps, fused and not, against the reference).
@@ -10,7 +11,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
-use gomaflow_wgpu::flow::{FlowSpec, reference};
+use gomaflow_wgpu::flow::{CouplingKind, FlowSpec, reference};
 use gomaflow_wgpu::kernels::LatticeBuffers;
 use gomaflow_wgpu::kernels::coupling_layer::{
     CouplingLayer, CouplingLayerBuffers, CouplingLayerGrads, CouplingLayerSpec, activation_offsets,
@@ -46,8 +47,13 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
     let g = gpu();
     let v = f.lattice.volume();
     let label = format!(
-        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} train={train} gpu tiling {gpu_tiling}",
-        f.lattice.nd, f.lattice.l, f.hidden, f.kernel_size, f.final_tanh
+        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} z2={} train={train} gpu tiling {gpu_tiling}",
+        f.lattice.nd,
+        f.lattice.l,
+        f.hidden,
+        f.kernel_size,
+        f.final_tanh,
+        f.z2()
     );
     let mut r = rng(seed);
     // Weights wider than PyTorch's initialisation, so the activations are not all small.
@@ -70,7 +76,9 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
     ];
     let logq = upload("logq", &logq0);
     let channels = f.channels();
-    let (offsets, h_len) = activation_offsets(batch, v, &channels);
+    // The net's batch: twice the coupling's where it is symmetrised.
+    let nb = batch * f.nets[0].coupling.net_batch_factor();
+    let (offsets, h_len) = activation_offsets(nb, v, &channels);
     let h: Vec<_> = (0..2)
         .map(|l| g.storage(&format!("h{l}"), h_len).unwrap())
         .collect();
@@ -192,6 +200,19 @@ fn coupling_layer_2d() {
     run(&flow(2, 5, vec![3, 3, 3], 3, true), 3, true, 4);
 }
 
+/// Symmetrised couplings: the net on x and -x in one workgroup, combined.
+#[test]
+fn coupling_layer_z2() {
+    let z2 = |f: FlowSpec| f.with_coupling(CouplingKind::AffineZ2);
+    run(&z2(flow(2, 8, vec![8, 8], 3, true)), 5, true, 11);
+    run(&z2(flow(2, 8, vec![8, 8], 3, true)), 3, false, 12);
+    run(&z2(flow(2, 6, vec![4], 5, false)), 4, true, 13);
+    run(&z2(flow(2, 5, vec![3, 3, 3], 3, true)), 3, true, 14);
+    run(&z2(flow(1, 12, vec![4, 4], 3, true)), 4, true, 15);
+    run(&z2(flow(3, 4, vec![4, 4], 3, true)), 3, true, 16);
+    run(&z2(flow(4, 3, vec![2, 2], 3, true)), 2, true, 17);
+}
+
 #[test]
 fn coupling_layer_other_dimensions() {
     run(&flow(1, 12, vec![4, 4], 3, true), 4, true, 5);
@@ -239,8 +260,13 @@ fn unequal_hidden_widths_are_not_fused() {
 /// sums log J in another order, so log q agrees to rounding; phi bit for bit).
 #[test]
 fn fused_and_unfused_tapes_agree() {
+    let plain = flow_layers(2, 8, 4, vec![8, 8], 3, true);
+    tapes_agree(&plain);
+    tapes_agree(&plain.with_coupling(CouplingKind::AffineZ2));
+}
+
+fn tapes_agree(f: &FlowSpec) {
     let g = gpu();
-    let f = flow_layers(2, 8, 4, vec![8, 8], 3, true);
     let params = g.upload_params(&f.init_params(11)).unwrap();
     let mut out = vec![];
     for mode in [Mode::Infer, Mode::Train] {
@@ -271,7 +297,7 @@ fn fused_and_unfused_tapes_agree() {
             assert_eq!(n_fused, if fusion == Fusion::On { 4 } else { 0 });
             tape.submit_step(g);
             out.push((
-                format!("{mode:?} {fusion:?}"),
+                format!("z2 {} {mode:?} {fusion:?}", f.z2()),
                 read(tape.phi()),
                 read(&tape.logq),
                 read(&tape.metrics)[0],

@@ -52,8 +52,8 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
         Shader::CouplingLayer => {
             // The tutorial (2D L 8, [8, 8]) with 1 and 4 sites per thread; one hidden layer
             // (no HID -> HID stage) in 4D with k = 3 (81 taps); three hidden layers on 10 x 10;
-            // training and inference, both final activations. WSPAN is the layer's parameter
-            // span (the backward's workgroup memory depends on it).
+            // training and inference, both final activations; symmetrised. WSPAN is the
+            // layer's parameter span (the backward's workgroup memory depends on it).
             v.push(vec![
                 ("V", 64),
                 ("TAPS", 9),
@@ -63,6 +63,8 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("SPT", 4),
                 ("WG", 16),
             ]);
+            v.push(vec![("TRAIN", 1), ("Z2", 1), ("TPT", 3)]);
+            v.push(vec![("Z2", 1), ("SPT", 2), ("WG", 32)]);
             v.push(vec![
                 ("V", 16),
                 ("TAPS", 81),

@@ -317,10 +317,9 @@ fn inference_matches_training_forward() {
     assert_eq!(s_i, s_t);
 }
 
-/// Symmetrised couplings (an odd flow) in Nd = 1-4, per kernel (the whole-layer kernel does
-/// not know them, so `Fusion::On` falls back), every parameter's gradient against the
-/// reference and the reference against finite differences; with the identity start and
-/// Adam's betas (0.8, 0.9).
+/// Symmetrised couplings (an odd flow) in Nd = 1-4, as whole layers (`Fusion::On`) and per
+/// kernel, every parameter's gradient against the reference and the reference against finite
+/// differences; with the identity start and Adam's betas (0.8, 0.9).
 #[test]
 fn tape_z2() {
     let normal = PriorKind::Normal {
@@ -399,8 +398,8 @@ fn identity_init_starts_as_the_identity() {
 
 /// The symmetrised flow is odd and its density even: pushing -z gives -phi and the same
 /// log q, on the GPU (to the bit: the two halves of the net's batch swap) and in the f64
-/// reference, untrained and after training steps. The plain flow is not odd (the check can
-/// fail).
+/// reference, untrained and after training steps; as whole layers and per kernel. The plain
+/// flow is not odd (the check can fail).
 #[test]
 fn z2_flow_is_odd() {
     let g = gpu();
@@ -416,7 +415,7 @@ fn z2_flow_is_odd() {
         .chunks(v)
         .map(|c| prior_ref::log_density(&normal, c))
         .collect();
-    for z2 in [true, false] {
+    for (z2, fusion) in [(true, Fusion::On), (true, Fusion::Off), (false, Fusion::On)] {
         let mut f = flow(2, 6, 4, vec![4, 4], 3, true);
         if z2 {
             f = f.with_coupling(CouplingKind::AffineZ2);
@@ -424,8 +423,9 @@ fn z2_flow_is_odd() {
         let params = g.upload_params(&f.init_params(5)).unwrap();
         let c1 = g.upload("counter", &[0u32; 4]).unwrap();
         let c2 = g.upload("counter", &[0u32; 4]).unwrap();
-        let train = Tape::new(g, tape_spec(&f, 8, normal.clone(), 1e-2), &params, &c1).unwrap();
-        let mut spec = tape_spec(&f, batch, normal.clone(), 0.0);
+        let train_spec = tape_spec_fused(&f, 8, normal.clone(), 1e-2, fusion);
+        let train = Tape::new(g, train_spec, &params, &c1).unwrap();
+        let mut spec = tape_spec_fused(&f, batch, normal.clone(), 0.0, fusion);
         spec.mode = Mode::Infer;
         let infer = Tape::new(g, spec, &params, &c2).unwrap();
         let push = |z: &[f64]| {
@@ -441,7 +441,7 @@ fn z2_flow_is_odd() {
                 }
                 g.wait().unwrap();
             }
-            let label = format!("z2 {z2} trained {trained}");
+            let label = format!("z2 {z2} {fusion:?} trained {trained}");
             let ((phi, lq), (phi_m, lq_m)) = (push(&z), push(&minus_z));
             let odd = phi.iter().zip(&phi_m).map(|(a, b)| (a + b).abs());
             let worst = odd.fold(0.0f64, f64::max);

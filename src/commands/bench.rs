@@ -23,7 +23,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65535))]
     pub batch: Option<u64>,
     /// Each coupling layer as one dispatch each way: auto (on GPUs; on CPU adapters for
-    /// batch x volume <= 512), on (wherever it fits), off (one launch per kernel).
+    /// the net's batch x volume <= 512), on (wherever it fits), off (one launch per kernel).
     #[arg(long, value_enum, default_value_t = FusionArg::Auto)]
     pub fusion: FusionArg,
 }
@@ -33,7 +33,7 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FusionArg {
     /// On GPUs (where launches are what a small step costs; not measured on a GPU). On CPU
-    /// adapters where it was measured to pay: batch x volume at most
+    /// adapters where it was measured to pay: the net's batch x volume at most
     /// `SOFTWARE_FUSE_MAX_SITES`.
     Auto,
     /// Wherever the net's shape and the adapter's workgroup memory allow.

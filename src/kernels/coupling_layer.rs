@@ -7,6 +7,10 @@
 //! for the tutorial's net; their reference is the model's (`flow::reference`, built from those
 //! kernels' references), and the tests compare them with it.
 //!
+//! A symmetrised coupling (`CouplingKind::AffineZ2`) runs its net on x and -x within the same
+//! workgroup and combines the two (as `z2`'s mirror and combine); its activation buffer holds
+//! the net's batch of 2B, laid out as the per-kernel path's.
+//!
 //! They apply where the net is [1, HID, ..., HID, 2] (equal hidden widths) and one sample's
 //! activations (forward) or gradients and the layer's weight gradients (backward) fit in
 //! workgroup memory (`unfusable`, `backward_unfusable`): the tutorial's 8 x 8 lattice with
@@ -47,14 +51,17 @@ pub struct CouplingLayerSpec {
 }
 
 impl CouplingLayerSpec {
-    /// (HID, NHID) when the layer is what this kernel computes: an affine coupling whose net
-    /// is [1, HID x NHID, 2] over one tap set with LeakyReLU between. Any other block or
-    /// coupling kind runs as separate kernels.
+    /// (HID, NHID) when the layer is what this kernel computes: an affine coupling, plain or
+    /// symmetrised, whose net is [1, HID x NHID, 2] over one tap set with LeakyReLU between.
+    /// Any other block or coupling kind runs as separate kernels.
     fn shape(&self) -> Option<(usize, usize)> {
         let convs = &self.net.convs;
         let n = convs.len();
         if n < 2
-            || self.net.coupling != CouplingKind::Affine
+            || !matches!(
+                self.net.coupling,
+                CouplingKind::Affine | CouplingKind::AffineZ2
+            )
             || convs[0].cin != 1
             || convs[n - 1].cout != 2
             || convs.iter().any(|c| c.taps != convs[0].taps)
@@ -67,6 +74,17 @@ impl CouplingLayerSpec {
             .enumerate()
             .all(|(j, c)| c.cout == hid && (j == 0 || c.cin == hid) && c.act == super::Act::Leaky);
         (hidden_ok && convs[n - 1].cin == hid).then_some((hid, n - 1))
+    }
+
+    /// Whether the net runs on x and -x (a batch of 2B).
+    fn z2(&self) -> bool {
+        self.net.coupling == CouplingKind::AffineZ2
+    }
+
+    /// Samples the net sees: the batch, twice it for a symmetrised coupling. The activation
+    /// buffer is laid out for these (`activation_offsets`).
+    pub fn net_batch(&self) -> usize {
+        self.batch * self.net.coupling.net_batch_factor()
     }
 
     /// Taps of each convolution (all share one tap set: `shape`).
@@ -89,6 +107,12 @@ impl CouplingLayerSpec {
     /// from one hidden layer to the next.
     fn activation_floats(&self, hid: usize, nhid: usize) -> usize {
         hid * self.volume * if nhid > 1 { 2 } else { 1 }
+    }
+
+    /// Floats of the forward's workgroup memory for branch 0's (s, t) in a symmetrised layer
+    /// (one float otherwise: `st0`).
+    fn branch_floats(&self) -> usize {
+        2 * self.volume * self.z2() as usize + 1
     }
 
     /// Floats of the layer's parameter slice, from its first weight to its last bias.
@@ -127,7 +151,10 @@ impl CouplingLayerSpec {
             );
         };
         let lim = &gpu.limits;
-        let wg_bytes = 4 * (self.activation_floats(hid, nhid) + self.tiling(gpu).workgroup);
+        let wg_bytes = 4
+            * (self.activation_floats(hid, nhid)
+                + self.branch_floats()
+                + self.tiling(gpu).workgroup);
         if wg_bytes > lim.max_compute_workgroup_storage_size as usize {
             return Some(format!(
                 "one sample's activations need {wg_bytes} bytes of workgroup memory, over the adapter's {}",
@@ -212,7 +239,7 @@ impl CouplingLayer {
             bail!("coupling layer {spec:?} does not match the lattice tables");
         }
         let channels = spec.net.channels();
-        let (h_off, h_len) = activation_offsets(bt, v, &channels);
+        let (h_off, h_len) = activation_offsets(spec.net_batch(), v, &channels);
         b.x.need(bt * v)?;
         b.y.need(bt * v)?;
         b.logq.need(bt)?;
@@ -239,6 +266,7 @@ impl CouplingLayer {
             .with("SPT", tiling.sites_per_thread as u32)
             .with("TPT", tiling.taps_per_thread as u32)
             .with("TRAIN", spec.train as u32)
+            .with("Z2", spec.z2() as u32)
             .with("WLEN", (w_bytes / 16) as u32)
             .with("W_MID", if nhid > 1 { rel(1) } else { 0 })
             .with("W_MID_STRIDE", if nhid > 2 { rel(2) - rel(1) } else { 0 })
@@ -265,15 +293,17 @@ impl CouplingLayer {
             w_first: first as u32,
             _pad: 0,
         };
-        // Work: the convolutions' multiply-adds, bias and activation per output, the coupling;
-        // memory: x read, y written, the weights, and in training every activation written.
+        // Work: the convolutions' multiply-adds, bias and activation per output (for each of
+        // the net's samples), the coupling; memory: x read, y written, the weights, and in
+        // training every activation written.
         let bv = (bt * v) as f64;
+        let nbv = (spec.net_batch() * v) as f64;
         let macs: usize = convs.iter().map(|c| c.n_weights()).sum();
         let outs: usize = convs.iter().map(|c| c.cout).sum();
-        let flops = bv * (2.0 * macs as f64 + outs as f64 + 3.0);
+        let flops = nbv * (2.0 * macs as f64 + outs as f64) + 3.0 * bv;
         let bytes = 4.0 * (2.0 * bv + spec.param_span() as f64)
             + if spec.train {
-                4.0 * bv * outs as f64
+                4.0 * nbv * outs as f64
             } else {
                 0.0
             };
@@ -315,8 +345,8 @@ impl CouplingLayer {
                     [tiling.n_chunks as u32, 1, 1],
                 )?
                 .with_work(
-                    bv * (4.0 * macs as f64 + outs as f64 + 8.0),
-                    4.0 * bv * (3.0 + outs as f64) + partial_bytes,
+                    nbv * (4.0 * macs as f64 + outs as f64) + 8.0 * bv,
+                    4.0 * (3.0 * bv + nbv * outs as f64) + partial_bytes,
                 ),
             );
             let red = kernel.with_entry("reduce");
