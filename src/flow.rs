@@ -20,13 +20,63 @@ pub enum Taps {
     /// The full k^Nd window (k odd), offsets -(k/2)..=k/2 per axis, row-major (the order of
     /// PyTorch's [cout, cin, k, ..., k] weights). Tap t and tap k^Nd-1-t are opposite.
     Window { k: usize },
+    /// The window k along the lattice axes `axes` (increasing, 0-based) and 1 along the others:
+    /// offsets with |d_mu| <= k/2 on those axes and 0 off them, row-major over `axes` (the
+    /// last fastest), so tap t and tap k^r-1-t are again opposite. One branch of a
+    /// combinational convolution (`Taps::branches`); r = 1 windows are lines, whose union
+    /// over the axes is the cross of the lattice Laplacian.
+    Axes { k: usize, axes: Vec<usize> },
 }
 
 impl Taps {
+    /// The windows k along each r-subset of the `nd` axes, in lexicographic order of the
+    /// subsets ({0, 1}, {0, 2}, {1, 2} for nd = 3, r = 2): the branches of GomalizingFlow's
+    /// combinational convolution `Approx{nd}DConv{nd}C{r}` (1 <= r < nd).
+    pub fn branches(nd: usize, k: usize, r: usize) -> Vec<Taps> {
+        assert!(
+            (1..nd).contains(&r),
+            "a combinational convolution needs 1 <= r < Nd"
+        );
+        // Subsets as increasing index lists, enumerated in lexicographic order.
+        let mut out = vec![];
+        let mut axes: Vec<usize> = (0..r).collect();
+        loop {
+            out.push(Taps::Axes {
+                k,
+                axes: axes.clone(),
+            });
+            // The rightmost index that can still move right, then its successors packed after it.
+            let Some(i) = (0..r).rev().find(|&i| axes[i] < nd - r + i) else {
+                return out;
+            };
+            axes[i] += 1;
+            for j in i + 1..r {
+                axes[j] = axes[j - 1] + 1;
+            }
+        }
+    }
+
     /// The offsets, in the order of the weights' last axes.
     pub fn offsets(&self, nd: usize) -> Vec<Vec<i64>> {
         match self {
             Taps::Window { k } => Lattice::new(nd, 2).tap_offsets(*k),
+            Taps::Axes { k, axes } => {
+                assert!(
+                    axes.windows(2).all(|w| w[0] < w[1]) && axes.iter().all(|&a| a < nd),
+                    "{self:?}: axes must increase and be below Nd = {nd}"
+                );
+                // The r-dimensional window's offsets, placed on the chosen axes.
+                let sub = Lattice::new(axes.len(), 2).tap_offsets(*k);
+                sub.iter()
+                    .map(|o| {
+                        let mut full = vec![0i64; nd];
+                        for (&a, &d) in axes.iter().zip(o) {
+                            full[a] = d;
+                        }
+                        full
+                    })
+                    .collect()
+            }
         }
     }
 
@@ -34,6 +84,7 @@ impl Taps {
     pub fn count(&self, nd: usize) -> usize {
         match self {
             Taps::Window { k } => k.pow(nd as u32),
+            Taps::Axes { k, axes } => k.pow(axes.len() as u32),
         }
     }
 
@@ -41,7 +92,7 @@ impl Taps {
     /// taps per thread (a divisor of `count`).
     pub fn row(&self) -> usize {
         match self {
-            Taps::Window { k } => *k,
+            Taps::Window { k } | Taps::Axes { k, .. } => *k,
         }
     }
 
@@ -49,6 +100,7 @@ impl Taps {
     pub fn shape(&self, nd: usize) -> Vec<usize> {
         match self {
             Taps::Window { k } => vec![*k; nd],
+            Taps::Axes { k, axes } => vec![*k; axes.len()],
         }
     }
 

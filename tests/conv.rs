@@ -20,6 +20,9 @@ struct Case {
     nd: usize,
     l: usize,
     k: usize,
+    /// The tap set: the full k^Nd window unless a case names the axes of a lower-dimensional
+    /// one (`Taps::Axes`, a combinational convolution's branch).
+    axes: Option<Vec<usize>>,
     cin: usize,
     cout: usize,
     act: Act,
@@ -32,7 +35,14 @@ fn run(c: &Case, seed: u64) {
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
     let batch = 3;
-    let taps = c.k.pow(c.nd as u32);
+    let window = match &c.axes {
+        None => Taps::Window { k: c.k },
+        Some(axes) => Taps::Axes {
+            k: c.k,
+            axes: axes.clone(),
+        },
+    };
+    let taps = window.count(c.nd);
     let dims = ConvDims {
         batch,
         volume: v,
@@ -41,10 +51,10 @@ fn run(c: &Case, seed: u64) {
         cout: c.cout,
     };
     let label = format!(
-        "conv Nd={} L={} k={} {}->{} {:?}{} {:?}",
+        "conv Nd={} L={} {:?} {}->{} {:?}{} {:?}",
         c.nd,
         c.l,
-        c.k,
+        window,
         c.cin,
         c.cout,
         c.act,
@@ -68,7 +78,6 @@ fn run(c: &Case, seed: u64) {
         x.clone()
     };
 
-    let window = Taps::Window { k: c.k };
     let layer = reference::Layer {
         lattice: &lat,
         taps: &window,
@@ -239,11 +248,17 @@ fn run(c: &Case, seed: u64) {
 
 /// The three convolutions of a coupling net, as the model chains them.
 fn net(nd: usize, l: usize, k: usize, seed: u64) {
+    net_over(nd, l, k, None, seed);
+}
+
+/// `net` over the tap set k^Nd (axes `None`) or k along `axes` only.
+fn net_over(nd: usize, l: usize, k: usize, axes: Option<Vec<usize>>, seed: u64) {
     run(
         &Case {
             nd,
             l,
             k,
+            axes: axes.clone(),
             cin: 1,
             cout: 3,
             act: Act::Leaky,
@@ -257,6 +272,7 @@ fn net(nd: usize, l: usize, k: usize, seed: u64) {
             nd,
             l,
             k,
+            axes: axes.clone(),
             cin: 3,
             cout: 4,
             act: Act::Leaky,
@@ -270,6 +286,7 @@ fn net(nd: usize, l: usize, k: usize, seed: u64) {
             nd,
             l,
             k,
+            axes: axes.clone(),
             cin: 4,
             cout: 2,
             act: Act::Tanh,
@@ -283,6 +300,7 @@ fn net(nd: usize, l: usize, k: usize, seed: u64) {
             nd,
             l,
             k,
+            axes: axes.clone(),
             cin: 2,
             cout: 3,
             act: Act::None,
@@ -316,6 +334,7 @@ fn conv_wide_channels() {
             nd: 2,
             l: 4,
             k: 3,
+            axes: None,
             cin: 32,
             cout: 32,
             act: Act::Leaky,
@@ -334,4 +353,59 @@ fn conv_3d() {
 #[test]
 fn conv_4d() {
     net(4, 4, 3, 400);
+}
+
+/// Lower-dimensional windows (the branches of a combinational convolution): k along some axes,
+/// 1 along the others, through the same kernels.
+#[test]
+fn conv_axis_windows() {
+    net_over(2, 4, 3, Some(vec![1]), 600);
+    net_over(3, 4, 3, Some(vec![0, 2]), 610);
+    net_over(3, 4, 5, Some(vec![2]), 620);
+    net_over(4, 3, 3, Some(vec![1]), 630);
+    net_over(4, 3, 3, Some(vec![0, 1, 3]), 640);
+}
+
+/// A branch is the full k^Nd convolution with its kernel zero off the chosen axes.
+#[test]
+fn axis_window_is_the_full_window_zero_off_its_axes() {
+    let (nd, k, cin, cout, batch) = (3, 3, 2, 3, 2);
+    let lat = Lattice::new(nd, 4);
+    let v = lat.volume();
+    let full = Taps::Window { k };
+    let full_offsets = full.offsets(nd);
+    let mut r = rng(700);
+    for branch in Taps::branches(nd, k, 1)
+        .into_iter()
+        .chain(Taps::branches(nd, k, 2))
+    {
+        let offs = branch.offsets(nd);
+        let (bt, ft) = (offs.len(), full_offsets.len());
+        let wb = uniform(&mut r, cout * cin * bt + cout, -0.5, 0.5);
+        // The same weights on the full window: each branch tap at its offset, zero elsewhere.
+        let mut wf = vec![0.0; cout * cin * ft + cout];
+        for pair in 0..cout * cin {
+            for (t, o) in offs.iter().enumerate() {
+                let tf = full_offsets.iter().position(|f| f == o).unwrap();
+                wf[pair * ft + tf] = wb[pair * bt + t];
+            }
+        }
+        wf[cout * cin * ft..].copy_from_slice(&wb[cout * cin * bt..]);
+        let x = uniform(&mut r, batch * cin * v, -1.0, 1.0);
+        let layer = |taps| reference::Layer {
+            lattice: &lat,
+            taps,
+            batch,
+            cin,
+            cout,
+        };
+        let yb = layer(&branch).forward(&x, &wb, Act::Leaky);
+        let yf = layer(&full).forward(&x, &wf, Act::Leaky);
+        check(
+            &format!("{branch:?} against the full window"),
+            &yb,
+            &yf,
+            1e-12,
+        );
+    }
 }

@@ -61,3 +61,65 @@ fn checkerboard() {
         }
     }
 }
+
+/// The branches of a combinational convolution: every r-subset of the axes, in lexicographic
+/// order, each a window k along its axes; the r = 1 windows together are the Laplacian's cross.
+#[test]
+fn axis_windows() {
+    let axes = |nd, r| -> Vec<Vec<usize>> {
+        Taps::branches(nd, 3, r)
+            .into_iter()
+            .map(|t| match t {
+                Taps::Axes { axes, .. } => axes,
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    assert_eq!(axes(2, 1), vec![vec![0], vec![1]]);
+    assert_eq!(axes(3, 2), vec![vec![0, 1], vec![0, 2], vec![1, 2]]);
+    assert_eq!(
+        axes(4, 2),
+        vec![
+            vec![0, 1],
+            vec![0, 2],
+            vec![0, 3],
+            vec![1, 2],
+            vec![1, 3],
+            vec![2, 3]
+        ]
+    );
+    assert_eq!(axes(4, 3).len(), 4);
+    assert_eq!(axes(4, 1).len(), 4);
+
+    // 3D, k = 3, axes {0, 2}: nine offsets, row-major over axes 0 then 2, zero on axis 1;
+    // tap t and tap 8 - t opposite.
+    let t = Taps::Axes {
+        k: 3,
+        axes: vec![0, 2],
+    };
+    let offs = t.offsets(3);
+    assert_eq!((t.count(3), t.row(), t.shape(3)), (9, 3, vec![3, 3]));
+    assert_eq!(offs[0], vec![-1, 0, -1]);
+    assert_eq!(offs[1], vec![-1, 0, 0]);
+    assert_eq!(offs[3], vec![0, 0, -1]);
+    for (a, b) in offs.iter().zip(offs.iter().rev()) {
+        assert!(a.iter().zip(b).all(|(x, y)| x == &-y));
+    }
+    // Its table: site 5 = (0, 1, 1) of a 4^3 lattice sees (3, 1, 0) first = 52.
+    let l = Lattice::new(3, 4);
+    assert_eq!(t.table(&l)[5 * 9], 52);
+
+    // The r = 1 windows of 4D: the centre and the 8 nearest neighbours, the Laplacian's cross.
+    let mut cross: Vec<Vec<i64>> = Taps::branches(4, 3, 1)
+        .iter()
+        .flat_map(|b| b.offsets(4))
+        .collect();
+    cross.sort();
+    cross.dedup();
+    assert_eq!(cross.len(), 9);
+    assert!(
+        cross
+            .iter()
+            .all(|o| o.iter().map(|d| d.abs()).sum::<i64>() <= 1)
+    );
+}
