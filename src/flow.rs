@@ -422,10 +422,28 @@ impl FlowSpec {
         out
     }
 
-    /// Multiply-adds of one forward pass of one sample (all convolutions).
+    /// Multiply-adds of one forward pass of one sample (all convolutions; a symmetrised net
+    /// runs twice, on x and -x).
     pub fn macs_per_sample(&self) -> usize {
         let v = self.lattice.volume();
-        self.blocks().map(|c| c.n_weights() * v).sum()
+        (self.nets.iter())
+            .map(|n| {
+                n.coupling.net_batch_factor()
+                    * n.convs.iter().map(|c| c.n_weights() * v).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// The model's options beyond the reference architecture, in words ("" when none).
+    pub fn variant(&self) -> String {
+        let mut v = vec![];
+        if self.z2() {
+            v.push("symmetrised (odd) couplings");
+        }
+        if self.blocks().any(|c| c.zero_init) {
+            v.push("identity start");
+        }
+        v.join(", ")
     }
 }
 

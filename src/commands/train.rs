@@ -82,6 +82,10 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         flow.final_tanh,
         flow.n_params()
     );
+    let variant = flow.variant();
+    if !variant.is_empty() {
+        println!("variant     {variant}");
+    }
     println!("prior       {}", t.prior.julia());
     println!(
         "training    {} epochs x {} steps, batch {}, Adam lr {} (schedule {:?}), seed {}",
