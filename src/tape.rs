@@ -143,35 +143,45 @@ pub enum Op {
 }
 
 impl Op {
-    fn forward(&self, mode: Mode) -> Vec<&Dispatch> {
+    fn forward(&self, mode: Mode) -> &Dispatch {
         match self {
-            Op::Prior(p) => vec![&p.sample],
-            Op::Conv(c) => vec![&c.forward],
-            Op::Coupling(c) => vec![&c.forward],
-            Op::Mirror(m) => vec![&m.forward],
-            Op::Combine(c) => vec![&c.forward],
+            Op::Prior(p) => &p.sample,
+            Op::Conv(c) => &c.forward,
+            Op::Coupling(c) => &c.forward,
+            Op::Mirror(m) => &m.forward,
+            Op::Combine(c) => &c.forward,
             // Training fuses dS/dphi into the forward: it is the loss's only path to phi.
-            Op::Action(a) => vec![if mode == Mode::Train {
-                &a.action_grad
-            } else {
-                &a.action
-            }],
-            Op::Loss(d) => vec![d],
-            Op::Layer(layer) | Op::Split(layer, _) => vec![&layer.forward],
+            Op::Action(a) => {
+                if mode == Mode::Train {
+                    &a.action_grad
+                } else {
+                    &a.action
+                }
+            }
+            Op::Loss(d) => d,
+            Op::Layer(layer) | Op::Split(layer, _) => &layer.forward,
         }
     }
 
-    fn backward(&self) -> Vec<&Dispatch> {
-        match self {
-            Op::Conv(c) => c.backward.iter().collect(),
-            Op::Coupling(c) => c.backward.iter().collect(),
-            Op::Mirror(m) => m.backward.iter().collect(),
-            Op::Combine(c) => c.backward.iter().collect(),
-            Op::Layer(layer) => layer.backward.iter().collect(),
-            Op::Split(_, parts) => parts.iter().rev().flat_map(|op| op.backward()).collect(),
+    /// Visit the op's backward dispatches in order (no allocation: the training loop calls
+    /// this every step).
+    fn backward<'a>(&'a self, f: &mut impl FnMut(&'a Dispatch)) {
+        let list: &[Dispatch] = match self {
+            Op::Conv(c) => &c.backward,
+            Op::Coupling(c) => c.backward.as_slice(),
+            Op::Mirror(m) => m.backward.as_slice(),
+            Op::Combine(c) => c.backward.as_slice(),
+            Op::Layer(layer) => &layer.backward,
+            Op::Split(_, parts) => {
+                for op in parts.iter().rev() {
+                    op.backward(f);
+                }
+                &[]
+            }
             // Prior: z is not differentiated. Action, Loss: fused into their forwards.
-            Op::Prior(_) | Op::Action(_) | Op::Loss(_) => vec![],
-        }
+            Op::Prior(_) | Op::Action(_) | Op::Loss(_) => &[],
+        };
+        list.iter().for_each(f);
     }
 
     pub fn name(&self) -> &'static str {
@@ -870,19 +880,25 @@ impl Tape {
 
     /// Every dispatch of one step in order: forward, backward in reverse, Adam, counter.
     pub fn step_dispatches(&self) -> Vec<&Dispatch> {
-        let mut d: Vec<&Dispatch> = self
-            .ops
-            .iter()
-            .flat_map(|op| op.forward(self.spec.mode))
-            .collect();
+        let mut d = vec![];
+        self.visit_step(&mut |x| d.push(x));
+        d
+    }
+
+    /// Visit one step's dispatches in order: forward, backward in reverse, Adam.
+    fn visit_step<'a>(&'a self, f: &mut impl FnMut(&'a Dispatch)) {
+        for op in &self.ops {
+            f(op.forward(self.spec.mode));
+        }
         if self.spec.mode == Mode::Train {
-            d.extend(self.ops.iter().rev().flat_map(|op| op.backward()));
+            for op in self.ops.iter().rev() {
+                op.backward(f);
+            }
             if let Some(adam) = &self.adam {
-                d.push(&adam.step);
-                d.push(&adam.advance);
+                f(&adam.step);
+                f(&adam.advance);
             }
         }
-        d
     }
 
     /// Record one step into a compute pass of `enc`.
@@ -891,9 +907,7 @@ impl Tape {
             label: Some("step"),
             timestamp_writes: None,
         });
-        for d in self.step_dispatches() {
-            d.record(&mut pass);
-        }
+        self.visit_step(&mut |d| d.record(&mut pass));
     }
 
     /// Push the samples in `x[0]`, with their log r already in `logq`, through the flow (and
@@ -902,7 +916,7 @@ impl Tape {
     pub fn submit_forward_from_input(&self, gpu: &Gpu) {
         let forward: Vec<&Dispatch> = (self.ops.iter())
             .filter(|op| !matches!(op, Op::Prior(_)))
-            .flat_map(|op| op.forward(self.spec.mode))
+            .map(|op| op.forward(self.spec.mode))
             .collect();
         gpu.submit("forward", &forward);
     }
