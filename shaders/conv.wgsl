@@ -6,6 +6,14 @@
 // Weights are PyTorch's [COUT, CIN, TAPS] followed by the bias [COUT], at w_off in one flat
 // parameter buffer. The constants below are specialised per layer by the launcher (the values
 // here are defaults, so the file itself is valid WGSL).
+//
+// BR > 1: a combinational convolution, BR branches in one dispatch. Branch b has its own taps
+// (the table row of a site holds the branches' TAPS taps one after the other, BR * TAPS in
+// all) and its own weights and bias at w_off + b * WSTRIDE. The forward writes their mean to y
+// (each branch activated with ACT when AFTER = 1, the mean when AFTER = 0): the stage's output;
+// with KEEP, each branch's activated output to row b of hb (p.stride floats apart), whose
+// derivative the backward needs. gy is the branches' pre-activation gradients [BR, stride]:
+// with AFTER = 0 they are equal, one row (stride 0).
 
 const CIN: u32 = 8u;
 const COUT: u32 = 8u;
@@ -15,7 +23,9 @@ const ACT: u32 = 1u;
 // 1: the input is masked by the coupling's checkerboard (the first convolution of a coupling).
 const IN_MASK: u32 = 0u;
 // backward_input epilogue: 0 write, 1 write times act'(input) with ACT_IN (so the result is the
-// pre-activation gradient of the previous convolution), 2 add mask * result (CIN = 1).
+// pre-activation gradient of the previous convolution), 2 add mask * result (CIN = 1), 4 the
+// previous stage's branch gradients: row b of gx = result / BR * act' (with ACT_IN) of row b
+// of hb_in (AFTER = 1), or its one row = result / BR * act' of the input (AFTER = 0).
 const MODE: u32 = 0u;
 const ACT_IN: u32 = 0u;
 const WG: u32 = 64u;
@@ -29,6 +39,14 @@ const NB: u32 = 1u;
 // (measured on lavapipe: 9 -> 12.7 GFLOP/s). 0 for layers over 64 KiB.
 const W_UBO: u32 = 0u;
 const WLEN: u32 = 1u;
+// Branches (1: a plain convolution), the floats between two branches' parameter slices, and
+// where the mean takes the activation (1: after it, GomalizingFlow's "branch"; 0: before).
+const BR: u32 = 1u;
+const WSTRIDE: u32 = 0u;
+const AFTER: u32 = 1u;
+// 1: the forward keeps each branch's output in hb for the backward (AFTER = 1, training).
+const KEEP: u32 = 0u;
+const INV: f32 = 1.0 / f32(BR);
 
 struct Params {
     batch: u32,
@@ -41,7 +59,13 @@ struct Params {
     chunk: u32,
     n_weights: u32,
     n_chunks: u32,
-    _pad: u32,
+    // BR > 1: floats between two branches' rows of hb and gy (this stage's outputs), and of
+    // hb_in and gx in MODE 4 (the previous stage's).
+    stride: u32,
+    stride_in: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -57,6 +81,9 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(9) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(10) var<uniform> wu: array<vec4<f32>, WLEN>;
+// BR > 1: this stage's branch outputs (forward), the previous stage's (backward_input MODE 4).
+@group(0) @binding(11) var<storage, read_write> hb: array<f32>;
+@group(0) @binding(12) var<storage, read> hb_in: array<f32>;
 
 // Parameter i of this layer (weights [COUT, CIN, TAPS] then bias [COUT]).
 fn weight(i: u32) -> f32 {
@@ -70,9 +97,9 @@ fn mask_at(site: u32) -> f32 {
     return f32(parity_tbl[site] ^ p.parity);
 }
 
-// One thread per (site, NB samples), all COUT outputs: each gathered input feeds COUT FMAs and
-// each weight NB of them. Threads of the last block past the batch compute on the last sample
-// and store nothing.
+// One thread per (site, NB samples), all COUT outputs (of every branch): each gathered input
+// feeds COUT FMAs and each weight NB of them. Threads of the last block past the batch compute
+// on the last sample and store nothing.
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = wid.x * WG + lid;
@@ -81,34 +108,58 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
     let b0 = wid.y * NB;
     var acc: array<f32, NB * COUT>;
-    for (var co = 0u; co < COUT; co++) {
-        let bias = weight(COUT * CIN * TAPS + co);
-        for (var j = 0u; j < NB; j++) {
-            acc[j * COUT + co] = bias;
-        }
-    }
+    // BR > 1: the sum of the branches' outputs.
+    var mean: array<f32, NB * COUT>;
     var xb: array<u32, NB>;
     for (var j = 0u; j < NB; j++) {
         xb[j] = min(b0 + j, p.batch - 1u) * CIN * p.volume;
     }
-    let nb = site * TAPS;
-    // Taps outside, channels inside: one neighbour lookup serves every input channel.
-    for (var t = 0u; t < TAPS; t++) {
-        let n = nbr[nb + t];
-        var m = 1.0;
-        if IN_MASK == 1u {
-            m = mask_at(n);
-        }
-        for (var ci = 0u; ci < CIN; ci++) {
-            var v: array<f32, NB>;
+    for (var br = 0u; br < BR; br++) {
+        let wb = br * WSTRIDE;
+        for (var co = 0u; co < COUT; co++) {
+            let bias = weight(wb + COUT * CIN * TAPS + co);
             for (var j = 0u; j < NB; j++) {
-                v[j] = m * x[xb[j] + ci * p.volume + n];
+                acc[j * COUT + co] = bias;
             }
-            let w = ci * TAPS + t;
-            for (var co = 0u; co < COUT; co++) {
-                let wv = weight(w + co * (CIN * TAPS));
+        }
+        let nb = (site * BR + br) * TAPS;
+        // Taps outside, channels inside: one neighbour lookup serves every input channel.
+        for (var t = 0u; t < TAPS; t++) {
+            let n = nbr[nb + t];
+            var m = 1.0;
+            if IN_MASK == 1u {
+                m = mask_at(n);
+            }
+            for (var ci = 0u; ci < CIN; ci++) {
+                var v: array<f32, NB>;
                 for (var j = 0u; j < NB; j++) {
-                    acc[j * COUT + co] = fma(wv, v[j], acc[j * COUT + co]);
+                    v[j] = m * x[xb[j] + ci * p.volume + n];
+                }
+                let w = wb + ci * TAPS + t;
+                for (var co = 0u; co < COUT; co++) {
+                    let wv = weight(w + co * (CIN * TAPS));
+                    for (var j = 0u; j < NB; j++) {
+                        acc[j * COUT + co] = fma(wv, v[j], acc[j * COUT + co]);
+                    }
+                }
+            }
+        }
+        if BR > 1u {
+            for (var j = 0u; j < NB; j++) {
+                let b = b0 + j;
+                for (var co = 0u; co < COUT; co++) {
+                    var h = acc[j * COUT + co];
+                    if AFTER == 1u {
+                        h = activate(h, ACT);
+                    }
+                    if br == 0u {
+                        mean[j * COUT + co] = h;
+                    } else {
+                        mean[j * COUT + co] += h;
+                    }
+                    if KEEP == 1u && b < p.batch {
+                        hb[br * p.stride + (b * COUT + co) * p.volume + site] = h;
+                    }
                 }
             }
         }
@@ -117,13 +168,21 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let b = b0 + j;
         if b < p.batch {
             for (var co = 0u; co < COUT; co++) {
-                y[(b * COUT + co) * p.volume + site] = activate(acc[j * COUT + co], ACT);
+                var out = activate(acc[j * COUT + co], ACT);
+                if BR > 1u {
+                    out = mean[j * COUT + co] * INV;
+                    if AFTER == 0u {
+                        out = activate(out, ACT);
+                    }
+                }
+                y[(b * COUT + co) * p.volume + site] = out;
             }
         }
     }
 }
 
-// dx[ci, u] = sum_co sum_t W[co, ci, t] * gy[co, u - offset(t)]: one thread per (site, NB samples).
+// dx[ci, u] = sum_br sum_co sum_t W_br[co, ci, t] * gy_br[co, u - offset_br(t)]: one thread
+// per (site, NB samples).
 @compute @workgroup_size(WG)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = wid.x * WG + lid;
@@ -139,20 +198,24 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             acc[j * CIN + ci] = 0.0;
         }
     }
-    // nbr[site * TAPS + (TAPS - 1 - t)] is site - offset(t).
-    let nb = site * TAPS + TAPS - 1u;
-    for (var t = 0u; t < TAPS; t++) {
-        let n = nbr[nb - t];
-        for (var co = 0u; co < COUT; co++) {
-            var g: array<f32, NB>;
-            for (var j = 0u; j < NB; j++) {
-                g[j] = gy[gb[j] + co * p.volume + n];
-            }
-            let w = co * (CIN * TAPS) + t;
-            for (var ci = 0u; ci < CIN; ci++) {
-                let wv = weight(w + ci * TAPS);
+    for (var br = 0u; br < BR; br++) {
+        let wb = br * WSTRIDE;
+        let gbr = br * p.stride;
+        // nbr[(site * BR + br) * TAPS + (TAPS - 1 - t)] is site - offset_br(t).
+        let nb = (site * BR + br) * TAPS + TAPS - 1u;
+        for (var t = 0u; t < TAPS; t++) {
+            let n = nbr[nb - t];
+            for (var co = 0u; co < COUT; co++) {
+                var g: array<f32, NB>;
                 for (var j = 0u; j < NB; j++) {
-                    acc[j * CIN + ci] = fma(wv, g[j], acc[j * CIN + ci]);
+                    g[j] = gy[gbr + gb[j] + co * p.volume + n];
+                }
+                let w = wb + co * (CIN * TAPS) + t;
+                for (var ci = 0u; ci < CIN; ci++) {
+                    let wv = weight(w + ci * TAPS);
+                    for (var j = 0u; j < NB; j++) {
+                        acc[j * CIN + ci] = fma(wv, g[j], acc[j * CIN + ci]);
+                    }
                 }
             }
         }
@@ -166,8 +229,20 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                     gx[i] = acc[j * CIN + ci];
                 } else if MODE == 1u {
                     gx[i] = acc[j * CIN + ci] * activate_grad(x[i], ACT_IN);
-                } else {
+                } else if MODE == 2u {
                     gx[i] += acc[j * CIN + ci] * mask_at(site);
+                } else {
+                    let g = acc[j * CIN + ci] * INV;
+                    if AFTER == 1u {
+                        var k = i;
+                        for (var br = 0u; br < BR; br++) {
+                            gx[k] = g * activate_grad(hb_in[k], ACT_IN);
+                            k += p.stride_in;
+                        }
+                    } else {
+                        // One row serves every branch (stride 0).
+                        gx[i] = g * activate_grad(x[i], ACT_IN);
+                    }
                 }
             }
         }
@@ -187,6 +262,11 @@ const COB: u32 = COUT;
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wid.x * WG + lid;
     let chunk = wid.y;
+    // BR > 1: one branch per z of the grid, its taps, output gradients and partial sums.
+    let br = wid.z;
+    let nbr0 = br * TAPS;
+    let gbr = br * p.stride;
+    let pbr = br * WSTRIDE;
     let rows = CIN * (TAPS / TPT);
     if k >= rows * (COUT / COB) {
         return;
@@ -211,7 +291,7 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         var n: array<u32, TPT>;
         var m: array<f32, TPT>;
         for (var j = 0u; j < TPT; j++) {
-            n[j] = nbr[s * TAPS + t0 + j];
+            n[j] = nbr[s * (BR * TAPS) + nbr0 + t0 + j];
             m[j] = 1.0;
             if IN_MASK == 1u {
                 m[j] = mask_at(n[j]);
@@ -223,7 +303,7 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             for (var j = 0u; j < TPT; j++) {
                 v[j] = m[j] * x[xrow + n[j]];
             }
-            let grow = (b * COUT + co0) * p.volume + s;
+            let grow = gbr + (b * COUT + co0) * p.volume + s;
             for (var co = 0u; co < COB; co++) {
                 let g = gy[grow + co * p.volume];
                 bias[co] += g;
@@ -233,7 +313,7 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             }
         }
     }
-    let base = chunk * p.n_weights;
+    let base = chunk * p.n_weights + pbr;
     for (var co = 0u; co < COB; co++) {
         for (var j = 0u; j < TPT; j++) {
             partial[base + (co0 + co) * (CIN * TAPS) + ci * TAPS + t0 + j] = acc[co * TPT + j];
@@ -246,12 +326,14 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
+// One thread per parameter of a branch (z: the branch; the padding between branches' slices
+// is not touched, so it stays zero).
 @compute @workgroup_size(WG)
 fn reduce_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let w = gid.x;
-    if w >= p.n_weights {
+    if gid.x >= COUT * CIN * TAPS + COUT {
         return;
     }
+    let w = gid.z * WSTRIDE + gid.x;
     var acc = 0.0;
     var i = w;
     for (var c = 0u; c < p.n_chunks; c++) {

@@ -10,7 +10,8 @@
 //! the kernels need and parses the Julia expressions, giving `Config`. `to_toml` writes a
 //! `Config` back through the same structs.
 
-use anyhow::{Context, Result, anyhow};
+use crate::flow::{Combi, CombiAct};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -126,6 +127,9 @@ pub struct Model {
     pub z2_equivariant: bool,
     /// Ours (`init = "identity"`): the last convolution of each net starts at zero.
     pub identity_init: bool,
+    /// Ours (`combi_r`, `combi_activation`): GomalizingFlow's combinational convolutions,
+    /// 1 <= r < Nd; None (`combi_r = 0`) for the full convolution.
+    pub combi: Option<Combi>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -183,6 +187,8 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "use_bn",
             "z2_equivariant",
             "init",
+            "combi_r",
+            "combi_activation",
         ],
     ),
 ];
@@ -213,6 +219,12 @@ fn accepted(table: &str, key: &str) -> Option<String> {
         }
         ("model", "init") => {
             "\"torch\" (PyTorch's default) or \"identity\" (last convolution zero)"
+        }
+        ("model", "combi_r") => {
+            "0 (the full convolution) or r with 1 <= r < Nd (C(Nd, r) r-dimensional branches)"
+        }
+        ("model", "combi_activation") => {
+            "\"branch\" (mean of the activated branches) or \"last\" (activation of the mean)"
         }
         ("training", "adam_betas") => "[beta1, beta2], each in [0, 1), e.g. [0.9, 0.999]",
         ("training", "batchsize") => "the training batch, an integer in 1..=65535",
@@ -360,6 +372,8 @@ struct ModelTable {
     use_bn: bool,
     z2_equivariant: bool,
     init: String,
+    combi_r: i64,
+    combi_activation: String,
 }
 
 impl Default for ModelTable {
@@ -375,6 +389,8 @@ impl Default for ModelTable {
             use_bn: false,
             z2_equivariant: false,
             init: "torch".into(),
+            combi_r: 0,
+            combi_activation: "branch".into(),
         }
     }
 }
@@ -430,12 +446,25 @@ impl Document {
             toml::Value::String(s) => s,
             v => v.to_string(),
         };
+        let device_id = self.device.validate(&file)?;
+        let physical = self.physical.validate(&file)?;
+        let model = self.model.validate(&file)?;
+        if let Some(c) = model.combi
+            && c.r >= physical.nd
+        {
+            bail!(
+                "{file}: [model].combi_r = {} needs 1 <= r < Nd, and [physical].Nd = {}; accepted: {}",
+                c.r,
+                physical.nd,
+                accepted("model", "combi_r").unwrap_or_default()
+            );
+        }
         Ok(Config {
             source: path.to_path_buf(),
             version,
-            device_id: self.device.validate(&file)?,
-            physical: self.physical.validate(&file)?,
-            model: self.model.validate(&file)?,
+            device_id,
+            physical,
+            model,
             training: self.training.validate(&file)?,
         })
     }
@@ -558,6 +587,27 @@ impl ModelTable {
                 ));
             }
         };
+        let combi_act = match self.combi_activation.as_str() {
+            "branch" => CombiAct::Branch,
+            "last" => CombiAct::Last,
+            other => {
+                return Err(c.err(
+                    "combi_activation",
+                    format!(
+                        "= {other:?} is not known; accepted: {}",
+                        c.what("combi_activation")
+                    ),
+                ));
+            }
+        };
+        // r < Nd is checked against [physical] (`Document::validate`).
+        let combi = match c.int_in("combi_r", self.combi_r, 0, 3)? {
+            0 => None,
+            r => Some(Combi {
+                r: r as usize,
+                act: combi_act,
+            }),
+        };
         Ok(Model {
             seed: c.int_in("seed", self.seed, 0, i64::MAX)? as u64,
             n_layers: c.int_in("n_layers", self.n_layers, 1, 1024)? as usize,
@@ -569,6 +619,7 @@ impl ModelTable {
             use_bn: false,
             z2_equivariant: self.z2_equivariant,
             identity_init,
+            combi,
         })
     }
 }
@@ -684,6 +735,12 @@ impl From<&Config> for Document {
                 use_bn: m.use_bn,
                 z2_equivariant: m.z2_equivariant,
                 init: if m.identity_init { "identity" } else { "torch" }.into(),
+                combi_r: m.combi.map_or(0, |c| c.r as i64),
+                combi_activation: match m.combi.map(|c| c.act) {
+                    Some(CombiAct::Last) => "last",
+                    _ => "branch",
+                }
+                .into(),
             },
         }
     }

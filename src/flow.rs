@@ -26,6 +26,9 @@ pub enum Taps {
     /// combinational convolution (`Taps::branches`); r = 1 windows are lines, whose union
     /// over the axes is the cross of the lattice Laplacian.
     Axes { k: usize, axes: Vec<usize> },
+    /// Several tap sets of one size, one after the other: the branches of a combinational
+    /// convolution as one kernel reads them (per site, branch b's taps at b * count).
+    Branches(Vec<Taps>),
 }
 
 impl Taps {
@@ -77,6 +80,7 @@ impl Taps {
                     })
                     .collect()
             }
+            Taps::Branches(sets) => sets.iter().flat_map(|t| t.offsets(nd)).collect(),
         }
     }
 
@@ -85,22 +89,25 @@ impl Taps {
         match self {
             Taps::Window { k } => k.pow(nd as u32),
             Taps::Axes { k, axes } => k.pow(axes.len() as u32),
+            Taps::Branches(sets) => sets.iter().map(|t| t.count(nd)).sum(),
         }
     }
 
     /// Taps of one row of the window: the unit in which the weight-gradient kernels group
-    /// taps per thread (a divisor of `count`).
+    /// taps per thread (a divisor of one branch's `count`).
     pub fn row(&self) -> usize {
         match self {
             Taps::Window { k } | Taps::Axes { k, .. } => *k,
+            Taps::Branches(sets) => sets[0].row(),
         }
     }
 
-    /// The shape of one (cout, cin) pair's weights, as checkpoints store it.
+    /// The shape of one (cout, cin) pair's weights, as checkpoints store it (one branch's).
     pub fn shape(&self, nd: usize) -> Vec<usize> {
         match self {
             Taps::Window { k } => vec![*k; nd],
             Taps::Axes { k, axes } => vec![*k; axes.len()],
+            Taps::Branches(sets) => sets[0].shape(nd),
         }
     }
 
@@ -132,6 +139,9 @@ pub struct ConvBlock {
     /// Start at zero (weights and bias) instead of PyTorch's default: the last convolution of
     /// each net under `identity_init`, so that every coupling starts as the identity map.
     pub zero_init: bool,
+    /// Start with a zero bias (the weights as PyTorch's default): the branches of a
+    /// combinational convolution.
+    pub zero_bias: bool,
 }
 
 impl ConvBlock {
@@ -164,13 +174,16 @@ impl ConvBlock {
     }
 
     /// PyTorch's default initialisation: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    /// fan_in = cin * n_taps, weights then biases from one stream. A `zero_init` block draws
-    /// the same numbers (so the other blocks start as they would otherwise) and stores zeros.
+    /// fan_in = cin * n_taps, weights then biases from one stream. A `zero_init` block (and the
+    /// bias of a `zero_bias` one) draws the same numbers, so the other blocks start as they
+    /// would otherwise, and stores zeros.
     fn init(&self, rng: &mut Philox, p: &mut [f32]) {
         let bound = 1.0 / ((self.cin * self.n_taps) as f64).sqrt();
-        for v in &mut p[self.params()] {
+        let bias = self.bias();
+        for i in self.params() {
             let w = rng.uniform_in(-bound, bound) as f32;
-            *v = if self.zero_init { 0.0 } else { w };
+            let zero = self.zero_init || (self.zero_bias && bias.contains(&i));
+            p[i] = if zero { 0.0 } else { w };
         }
     }
 }
@@ -198,13 +211,39 @@ impl CouplingKind {
     }
 }
 
-/// One coupling layer: its checkerboard, its net (convolutions applied in order to mask * x)
-/// and how the net's output transforms the active sites.
+/// Where a combinational convolution takes the mean of its branches (`[model]
+/// combi_activation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CombiAct {
+    /// y = mean_S act(u_S): each branch activated, then averaged (GomalizingFlow's main variant).
+    Branch,
+    /// y = act(mean_S u_S): the branches averaged, then activated.
+    Last,
+}
+
+/// GomalizingFlow's combinational convolution (`[model] combi_r`): every convolution of a
+/// coupling net becomes C(Nd, r) branches, one per r-subset of the axes (`Taps::branches`),
+/// each with its own weights and bias, combined by the mean (`act` says where the
+/// activation goes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Combi {
+    pub r: usize,
+    pub act: CombiAct,
+}
+
+/// One coupling layer: its checkerboard, its net (stages of convolutions applied in order to
+/// mask * x) and how the net's output transforms the active sites.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CouplingNet {
     /// mask(site) = (sum of coordinates + parity) mod 2, 1 = frozen.
     pub parity: u32,
+    /// Every convolution, stage by stage: a stage is `branches` blocks with the same channels
+    /// and activation (one for a plain net), in the order of their weights.
     pub convs: Vec<ConvBlock>,
+    /// Blocks per stage: 1, or a combinational convolution's C(Nd, r) branches.
+    pub branches: usize,
+    /// Where a stage of several branches is activated (unused with one branch).
+    pub combi_act: CombiAct,
     pub coupling: CouplingKind,
 }
 
@@ -214,10 +253,39 @@ impl CouplingNet {
         self.convs.last().map_or(Act::None, |c| c.act)
     }
 
-    /// Channels along the net: [cin of the first, cout of each].
+    /// The stages: each the blocks (branches) whose combination is one layer of the net.
+    pub fn stages(&self) -> std::slice::Chunks<'_, ConvBlock> {
+        self.convs.chunks(self.branches)
+    }
+
+    /// The taps stage `j` reads: its block's, or all its branches' (`Taps::Branches`).
+    pub fn stage_taps(&self, j: usize) -> Taps {
+        let stage = &self.convs[j * self.branches..(j + 1) * self.branches];
+        if self.combi() {
+            Taps::Branches(stage.iter().map(|c| c.taps.clone()).collect())
+        } else {
+            stage[0].taps.clone()
+        }
+    }
+
+    /// Whether the stages are combinational convolutions (several branches each).
+    pub fn combi(&self) -> bool {
+        self.branches > 1
+    }
+
+    /// The activation a branch's convolution applies itself: its stage's, except where the
+    /// branches are averaged first (`CombiAct::Last`: the mean applies it).
+    pub fn branch_act(&self, c: &ConvBlock) -> Act {
+        match (self.combi(), self.combi_act) {
+            (true, CombiAct::Last) => Act::None,
+            _ => c.act,
+        }
+    }
+
+    /// Channels along the net: [cin of the first stage, cout of each].
     pub fn channels(&self) -> Vec<usize> {
         let mut c = vec![self.convs[0].cin];
-        c.extend(self.convs.iter().map(|c| c.cout));
+        c.extend(self.stages().map(|s| s[0].cout));
         c
     }
 
@@ -247,6 +315,8 @@ pub struct FlowSpec {
     pub hidden: Vec<usize>,
     pub kernel_size: usize,
     pub final_tanh: bool,
+    /// Combinational convolutions instead of the full window (None: the full window).
+    pub combi: Option<Combi>,
     /// Coupling layer l's net and parameter layout.
     pub nets: Vec<CouplingNet>,
     /// Length of the flat parameter (and gradient, and Adam moment) buffer, padding included.
@@ -265,20 +335,56 @@ impl FlowSpec {
         kernel_size: usize,
         final_tanh: bool,
     ) -> FlowSpec {
-        let taps = Taps::Window { k: kernel_size };
-        let n_taps = taps.count(lattice.nd);
+        Self::build(lattice, n_layers, hidden, kernel_size, final_tanh, None)
+    }
+
+    /// The model with every convolution a combinational one of `combi` (the coupling kind
+    /// and the identity start carry over; the parameters are laid out anew).
+    pub fn with_combi(self, combi: Combi) -> FlowSpec {
+        let mut f = Self::build(
+            self.lattice,
+            self.n_layers,
+            self.hidden.clone(),
+            self.kernel_size,
+            self.final_tanh,
+            Some(combi),
+        );
+        for (n, old) in f.nets.iter_mut().zip(&self.nets) {
+            n.coupling = old.coupling;
+        }
+        if self.blocks().any(|c| c.zero_init) {
+            f = f.with_identity_init();
+        }
+        f
+    }
+
+    /// The nets, each stage one block over the full window or, with `combi`, one block per
+    /// r-subset of the axes (zero bias, fan-in of the r-dimensional window).
+    fn build(
+        lattice: Lattice,
+        n_layers: usize,
+        hidden: Vec<usize>,
+        kernel_size: usize,
+        final_tanh: bool,
+        combi: Option<Combi>,
+    ) -> FlowSpec {
+        let tap_sets = match combi {
+            None => vec![Taps::Window { k: kernel_size }],
+            Some(c) => Taps::branches(lattice.nd, kernel_size, c.r),
+        };
         let channels = Self::channels_of(&hidden);
         let n = channels.len() - 1;
         let mut offset = 0;
         let nets = (0..n_layers)
             .map(|l| {
-                let convs = (0..n)
-                    .map(|j| {
+                let mut convs = vec![];
+                for j in 0..n {
+                    for taps in &tap_sets {
                         let c = ConvBlock {
                             cin: channels[j],
                             cout: channels[j + 1],
                             taps: taps.clone(),
-                            n_taps,
+                            n_taps: taps.count(lattice.nd),
                             act: match (j + 1 == n, final_tanh) {
                                 (false, _) => Act::Leaky,
                                 (true, true) => Act::Tanh,
@@ -286,14 +392,17 @@ impl FlowSpec {
                             },
                             offset,
                             zero_init: false,
+                            zero_bias: combi.is_some(),
                         };
                         offset += c.slot();
-                        c
-                    })
-                    .collect();
+                        convs.push(c);
+                    }
+                }
                 CouplingNet {
                     parity: (l % 2) as u32,
                     convs,
+                    branches: tap_sets.len(),
+                    combi_act: combi.map_or(CombiAct::Branch, |c| c.act),
                     coupling: CouplingKind::Affine,
                 }
             })
@@ -304,6 +413,7 @@ impl FlowSpec {
             hidden,
             kernel_size,
             final_tanh,
+            combi,
             nets,
             param_len: offset,
         }
@@ -317,6 +427,9 @@ impl FlowSpec {
             cfg.model.kernel_size,
             cfg.model.use_final_tanh,
         );
+        if let Some(c) = cfg.model.combi {
+            f = f.with_combi(c);
+        }
         if cfg.model.z2_equivariant {
             f = f.with_coupling(CouplingKind::AffineZ2);
         }
@@ -334,11 +447,13 @@ impl FlowSpec {
         self
     }
 
-    /// The last convolution of every net starts at zero, so every coupling starts as the
-    /// identity map (with a final activation of 0 at 0: tanh or none).
+    /// The last convolution (every branch of the last stage) of every net starts at zero, so
+    /// every coupling starts as the identity map (with a final activation of 0 at 0: tanh or
+    /// none).
     pub fn with_identity_init(mut self) -> FlowSpec {
         for n in &mut self.nets {
-            if let Some(c) = n.convs.last_mut() {
+            let last = n.convs.len() - n.branches;
+            for c in &mut n.convs[last..] {
                 c.zero_init = true;
             }
         }
@@ -369,12 +484,16 @@ impl FlowSpec {
         self.nets.iter().flat_map(|n| &n.convs)
     }
 
-    /// Every tap set the model's convolutions use (each is one neighbour table on the GPU).
+    /// Every tap set the model's kernels read (each is one neighbour table on the GPU): a
+    /// plain stage's, or a combinational stage's branches together (`CouplingNet::stage_taps`).
     pub fn tap_sets(&self) -> Vec<Taps> {
         let mut sets: Vec<Taps> = vec![];
-        for c in self.blocks() {
-            if !sets.contains(&c.taps) {
-                sets.push(c.taps.clone());
+        for net in &self.nets {
+            for j in 0..net.channels().len() - 1 {
+                let t = net.stage_taps(j);
+                if !sets.contains(&t) {
+                    sets.push(t);
+                }
             }
         }
         sets
@@ -399,24 +518,32 @@ impl FlowSpec {
 
     /// The checkpoint's tensors, named as PyTorch's reference model names them
     /// (`layers.{l}.net.{2j}.weight` / `.bias`: its nets interleave convolutions and
-    /// activations).
+    /// activations); a combinational convolution's branch b is `layers.{l}.net.{2j}.branches.{b}`,
+    /// its weights shaped [cout, cin, k, ..] with r kernel axes.
     pub fn tensors(&self) -> Vec<Tensor> {
         let nd = self.lattice.nd;
         let mut out = vec![];
         for (l, net) in self.nets.iter().enumerate() {
-            for (j, c) in net.convs.iter().enumerate() {
-                let mut shape = vec![c.cout, c.cin];
-                shape.extend(c.taps.shape(nd));
-                out.push(Tensor {
-                    name: format!("layers.{l}.net.{}.weight", 2 * j),
-                    shape,
-                    range: c.weights(),
-                });
-                out.push(Tensor {
-                    name: format!("layers.{l}.net.{}.bias", 2 * j),
-                    shape: vec![c.cout],
-                    range: c.bias(),
-                });
+            for (j, stage) in net.stages().enumerate() {
+                for (b, c) in stage.iter().enumerate() {
+                    let name = if net.combi() {
+                        format!("layers.{l}.net.{}.branches.{b}", 2 * j)
+                    } else {
+                        format!("layers.{l}.net.{}", 2 * j)
+                    };
+                    let mut shape = vec![c.cout, c.cin];
+                    shape.extend(c.taps.shape(nd));
+                    out.push(Tensor {
+                        name: format!("{name}.weight"),
+                        shape,
+                        range: c.weights(),
+                    });
+                    out.push(Tensor {
+                        name: format!("{name}.bias"),
+                        shape: vec![c.cout],
+                        range: c.bias(),
+                    });
+                }
             }
         }
         out
@@ -437,11 +564,23 @@ impl FlowSpec {
     /// The model's options beyond the reference architecture, in words ("" when none).
     pub fn variant(&self) -> String {
         let mut v = vec![];
+        if let Some(c) = self.combi {
+            let nd = self.lattice.nd;
+            v.push(format!(
+                "combinational convolutions {nd}C{} ({} branches, mean {} the activation)",
+                c.r,
+                self.nets[0].branches,
+                match c.act {
+                    CombiAct::Branch => "after",
+                    CombiAct::Last => "before",
+                }
+            ));
+        }
         if self.z2() {
-            v.push("symmetrised (odd) couplings");
+            v.push("symmetrised (odd) couplings".into());
         }
         if self.blocks().any(|c| c.zero_init) {
-            v.push("identity start");
+            v.push("identity start".into());
         }
         v.join(", ")
     }
@@ -453,6 +592,7 @@ pub mod reference {
     use super::{ConvBlock, CouplingKind, CouplingNet, FlowSpec};
     use crate::kernels::Act;
     use crate::kernels::action::reference as action;
+    use crate::kernels::combi::reference as combi;
     use crate::kernels::conv::reference::Layer;
     use crate::kernels::coupling::reference as coupling;
     use crate::kernels::z2::reference as z2;
@@ -461,9 +601,13 @@ pub mod reference {
     pub struct Forward {
         /// x[l] is the input of coupling l; x[n_layers] is phi.
         pub x: Vec<Vec<f64>>,
-        /// Activations of each convolution of each layer (the last one is the net's output),
+        /// The output of each stage of each layer's net (the last one is the net's output),
         /// for the net's batch (2B for a symmetrised coupling).
         pub h: Vec<Vec<Vec<f64>>>,
+        /// Each block's own output, in the order of `CouplingNet::convs`: a combinational
+        /// stage's branches before their mean (activated under `CombiAct::Branch`, not under
+        /// `Last`); for a plain net the same as `h`.
+        pub hb: Vec<Vec<Vec<f64>>>,
         /// Each coupling's (s, t) [batch, 2, site].
         pub st: Vec<Vec<f64>>,
         /// log q per sample (prior included).
@@ -489,21 +633,29 @@ pub mod reference {
             .collect()
     }
 
-    /// The net of coupling `net` applied to `input`: every convolution's activated output.
+    /// The net of coupling `net` applied to `input`: every stage's output and every block's.
     fn net_forward(
         spec: &FlowSpec,
         params: &[f64],
         net: &CouplingNet,
         batch: usize,
         input: Vec<f64>,
-    ) -> Vec<Vec<f64>> {
+    ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
         let mut a = input;
-        let mut hs = Vec::new();
-        for c in &net.convs {
-            a = layer(spec, batch, c).forward(&a, &params[c.params()], c.act);
+        let (mut hs, mut hbs) = (Vec::new(), Vec::new());
+        for stage in net.stages() {
+            let outs: Vec<Vec<f64>> = (stage.iter())
+                .map(|c| layer(spec, batch, c).forward(&a, &params[c.params()], net.branch_act(c)))
+                .collect();
+            a = if net.combi() {
+                combi::forward(&outs, net.combi_act, stage[0].act)
+            } else {
+                outs[0].clone()
+            };
             hs.push(a.clone());
+            hbs.extend(outs);
         }
-        hs
+        (hs, hbs)
     }
 
     /// Push z (with prior log density logr per sample) through the flow.
@@ -511,22 +663,22 @@ pub mod reference {
         let batch = logr.len();
         let v = spec.lattice.volume();
         let mut x = vec![z.to_vec()];
-        let mut h = Vec::new();
+        let (mut h, mut hb) = (Vec::new(), Vec::new());
         let mut st = Vec::new();
         let mut logq = logr.to_vec();
         for net in &spec.nets {
             let mask = spec.lattice.mask(net.parity);
             let xl = x.last().unwrap();
             let input = masked(xl, &mask);
-            let (hs, stl) = match net.coupling {
+            let ((hs, hbs), stl) = match net.coupling {
                 CouplingKind::Affine => {
                     let hs = net_forward(spec, params, net, batch, input);
-                    let out = hs.last().unwrap().clone();
+                    let out = hs.0.last().unwrap().clone();
                     (hs, out)
                 }
                 CouplingKind::AffineZ2 => {
                     let hs = net_forward(spec, params, net, 2 * batch, z2::mirror(&input));
-                    let out = z2::combine(hs.last().unwrap(), v);
+                    let out = z2::combine(hs.0.last().unwrap(), v);
                     (hs, out)
                 }
             };
@@ -536,9 +688,10 @@ pub mod reference {
             }
             x.push(y);
             h.push(hs);
+            hb.push(hbs);
             st.push(stl);
         }
-        Forward { x, h, st, logq }
+        Forward { x, h, hb, st, logq }
     }
 
     /// The loss mean_b(log q + S) and its gradient with respect to every parameter.
@@ -585,39 +738,61 @@ pub mod reference {
         let batch = glogq.len() * net.coupling.net_batch_factor();
         let mask = spec.lattice.mask(net.parity);
         let v = mask.len();
+        // A plain net's output gradient is taken through its final activation here; a
+        // combinational net's goes to its last stage's mean, which applies it per branch.
+        let out_act = if net.combi() {
+            Act::None
+        } else {
+            net.final_act()
+        };
         let (gx_direct, mut g) = match net.coupling {
             CouplingKind::Affine => {
-                coupling::backward(&f.x[l], &f.st[l], &mask, gy, glogq, net.final_act())
+                coupling::backward(&f.x[l], &f.st[l], &mask, gy, glogq, out_act)
             }
             CouplingKind::AffineZ2 => {
                 let (gx, gst) = coupling::backward(&f.x[l], &f.st[l], &mask, gy, glogq, Act::None);
                 let u = f.h[l].last().unwrap();
-                (gx, z2::combine_backward(u, &gst, v, net.final_act()))
+                (gx, z2::combine_backward(u, &gst, v, out_act))
             }
         };
-        // Back through the net, last convolution first; g is a pre-activation gradient.
-        for (j, c) in net.convs.iter().enumerate().rev() {
+        // Back through the net, last stage first; g is the stage output's gradient, before
+        // the activation for a plain net and after it for a combinational one.
+        let nb = net.branches;
+        let stages: Vec<&[ConvBlock]> = net.stages().collect();
+        for (j, stage) in stages.iter().enumerate().rev() {
             let input = match (j, net.coupling) {
                 (0, CouplingKind::Affine) => masked(&f.x[l], &mask),
                 (0, CouplingKind::AffineZ2) => z2::mirror(&masked(&f.x[l], &mask)),
                 _ => f.h[l][j - 1].clone(),
             };
-            let lay = layer(spec, batch, c);
-            let gw = lay.backward_weight(&input, &g);
-            for (a, b) in grad[c.params()].iter_mut().zip(&gw) {
-                *a += b;
+            // Each block's pre-activation output gradient.
+            let gb = if net.combi() {
+                let hb = &f.hb[l][j * nb..(j + 1) * nb];
+                combi::backward(hb, &f.h[l][j], &g, net.combi_act, stage[0].act)
+            } else {
+                vec![g]
+            };
+            let mut gin = vec![0.0; input.len()];
+            for (c, gc) in stage.iter().zip(&gb) {
+                let lay = layer(spec, batch, c);
+                let gw = lay.backward_weight(&input, gc);
+                for (a, b) in grad[c.params()].iter_mut().zip(&gw) {
+                    *a += b;
+                }
+                let gi = lay.backward_input(gc, &params[c.params()]);
+                for (a, b) in gin.iter_mut().zip(&gi) {
+                    *a += b;
+                }
             }
-            let gin = lay.backward_input(&g, &params[c.params()]);
-            if j > 0 {
-                let prev = net.convs[j - 1].act;
-                g = gin
-                    .iter()
+            g = if j > 0 && !net.combi() {
+                let prev = stages[j - 1][0].act;
+                gin.iter()
                     .zip(&input)
                     .map(|(gv, &yv)| gv * prev.grad_from_output(yv))
-                    .collect();
+                    .collect()
             } else {
-                g = gin;
-            }
+                gin
+            };
         }
         // The input reached the net through mask * x (and, symmetrised, -mask * x).
         let g_net = match net.coupling {

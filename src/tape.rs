@@ -18,12 +18,13 @@
 //! (`kernels::coupling_layer`): 53 dispatches per tutorial step instead of 228.
 
 use crate::config::PriorKind;
-use crate::flow::{CouplingKind, FlowSpec};
+use crate::flow::{CombiAct, CouplingKind, FlowSpec};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, Usage};
 use crate::kernels::Act;
 use crate::kernels::LatticeBuffers;
 use crate::kernels::action::{Action, ActionSpec};
 use crate::kernels::adam::{Adam, AdamSpec};
+use crate::kernels::combi::{CombiSpec, Mean};
 use crate::kernels::conv::{Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad};
 use crate::kernels::coupling::{Coupling, CouplingBuffers, CouplingGrads, CouplingSpec};
 use crate::kernels::coupling_layer::{
@@ -135,6 +136,9 @@ pub enum Op {
     /// A symmetrised coupling's [x; -x] and (s, t) (`kernels::z2`).
     Mirror(Mirror),
     Combine(Combine),
+    /// The backward of the mean of a combinational net's last stage (`kernels::combi`; its
+    /// forward is fused into the stage's convolution).
+    Mean(Mean),
     /// A whole coupling layer: one dispatch forward, one and a reduction backward.
     Layer(CouplingLayer),
     /// A whole layer's forward, and the backward of the per-kernel ops it stands for (kept
@@ -143,13 +147,15 @@ pub enum Op {
 }
 
 impl Op {
-    fn forward(&self, mode: Mode) -> &Dispatch {
-        match self {
+    /// The op's forward dispatch (none for an op that only has a backward).
+    fn forward(&self, mode: Mode) -> Option<&Dispatch> {
+        Some(match self {
             Op::Prior(p) => &p.sample,
             Op::Conv(c) => &c.forward,
             Op::Coupling(c) => &c.forward,
             Op::Mirror(m) => &m.forward,
             Op::Combine(c) => &c.forward,
+            Op::Mean(_) => return None,
             // Training fuses dS/dphi into the forward: it is the loss's only path to phi.
             Op::Action(a) => {
                 if mode == Mode::Train {
@@ -160,7 +166,7 @@ impl Op {
             }
             Op::Loss(d) => d,
             Op::Layer(layer) | Op::Split(layer, _) => &layer.forward,
-        }
+        })
     }
 
     /// Visit the op's backward dispatches in order (no allocation: the training loop calls
@@ -171,6 +177,7 @@ impl Op {
             Op::Coupling(c) => c.backward.as_slice(),
             Op::Mirror(m) => m.backward.as_slice(),
             Op::Combine(c) => c.backward.as_slice(),
+            Op::Mean(m) => std::slice::from_ref(&m.backward),
             Op::Layer(layer) => &layer.backward,
             Op::Split(_, parts) => {
                 for op in parts.iter().rev() {
@@ -191,6 +198,7 @@ impl Op {
             Op::Coupling(_) => "coupling",
             Op::Mirror(_) => "z2 mirror",
             Op::Combine(_) => "z2 combine",
+            Op::Mean(_) => "combi mean",
             Op::Action(_) => "action",
             Op::Loss(_) => "loss",
             Op::Layer(_) | Op::Split(..) => "coupling layer",
@@ -247,7 +255,13 @@ fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
             gpu.info.name
         );
     }
-    let taps = flow.blocks().map(|c| c.n_taps).max().unwrap_or(1);
+    let nd = flow.lattice.nd;
+    let taps = flow
+        .tap_sets()
+        .iter()
+        .map(|t| t.count(nd))
+        .max()
+        .unwrap_or(1);
     let table = 4 * v * taps as u64;
     if table > max {
         anyhow::bail!(
@@ -339,12 +353,15 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec
     }
 }
 
-/// Convolution `j` of layer `l` as the per-kernel path launches it: its shape, its tiling on
-/// this adapter, where its weights are and what its input-gradient epilogue does. One place
-/// decides these for both the buffer plan (the partial sums' size) and the wiring.
+/// Stage `j` of layer `l` as the per-kernel path launches it (one convolution, or all the
+/// branches of a combinational one): its shape, its tiling on this adapter, where its weights
+/// are and what its input-gradient epilogue does. One place decides these for both the buffer
+/// plan (the partial sums' size) and the wiring.
 fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
     let net = &spec.flow.nets[l];
-    let c = &net.convs[j];
+    let nb = net.branches;
+    let stage = &net.convs[j * nb..(j + 1) * nb];
+    let c = &stage[0];
     let dims = ConvDims {
         batch: spec.batch * net.coupling.net_batch_factor(),
         volume: spec.flow.lattice.volume(),
@@ -359,27 +376,54 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         (0, _, CouplingKind::Affine) => InputGrad::AddMasked,
         // ... or mask * [x; -x]: `z2::Mirror`'s backward adds it into dL/dx.
         (0, _, CouplingKind::AffineZ2) => InputGrad::Write,
+        // The previous stage's branches, each through its activation.
+        _ if net.combi() => InputGrad::ToBranches(net.convs[j * nb - 1].act),
         _ => InputGrad::TimesActGrad(net.convs[j - 1].act),
     };
     ConvSpec {
         dims,
-        taps: c.taps.clone(),
+        taps: net.stage_taps(j),
         act: c.act,
         in_mask: j == 0,
         parity: net.parity,
         w_off: c.offset,
         input_grad,
-        tiling: ConvTiling::for_adapter(&dims, c.taps.row(), gpu.is_software()),
+        tiling: {
+            let mut t = ConvTiling::for_adapter(&dims, c.taps.row(), gpu.is_software());
+            if nb > 1 {
+                // The forward also holds the branches' running mean.
+                t.samples_per_thread = (t.samples_per_thread / 2).max(1);
+            }
+            t
+        },
+        branches: nb,
+        w_stride: stage.get(1).map_or(0, |c1| c1.offset - c.offset),
+        combi_act: net.combi_act,
     }
 }
 
-/// One coupling layer's activations: each convolution's output (the last is the net's output,
+/// The mean of stage `j` of layer `l`'s combinational net.
+fn combi_spec(spec: &TapeSpec, l: usize, j: usize) -> CombiSpec {
+    let net = &spec.flow.nets[l];
+    let c = &net.convs[j * net.branches];
+    CombiSpec {
+        rows: spec.batch * net.coupling.net_batch_factor() * c.cout,
+        volume: spec.flow.lattice.volume(),
+        branches: net.branches,
+        act: c.act,
+        mode: net.combi_act,
+    }
+}
+
+/// One coupling layer's activations: each stage's output (the last is the net's output,
 /// which the coupling reads). A whole layer keeps them in one buffer (`activation_offsets`), of
 /// which these are views; an inference whole layer keeps them in workgroup memory and binds a
 /// placeholder.
 struct Activations {
     whole: Option<GpuBuffer>,
     convs: Vec<GpuBuffer>,
+    /// A combinational net's branch outputs, one buffer per stage ([branches, stride]).
+    branches: Vec<GpuBuffer>,
     /// A symmetrised coupling's net input [x; -x] and its (s, t).
     mirrored: Option<GpuBuffer>,
     st: Option<GpuBuffer>,
@@ -394,8 +438,12 @@ struct GradBuffers {
     /// dL/dx of the flow's inputs: two buffers alternate, layer l reading dL/dy from
     /// `gx[(l + 1) % 2]` and writing dL/dx into `gx[l % 2]`.
     gx: [GpuBuffer; 2],
-    /// Per-kernel layers: each convolution's output gradient, by depth (reused by every layer).
+    /// Per-kernel layers: each stage's output gradient, by depth (reused by every layer):
+    /// before the activation for a plain net; a combinational net uses the last one only,
+    /// after the activation (the coupling's dL/d(net output)).
     gh: Vec<GpuBuffer>,
+    /// Combinational layers: each stage's branch pre-activation gradients, by depth.
+    ghb: Vec<GpuBuffer>,
     /// Weight-gradient partial sums (the largest any layer needs).
     partial: GpuBuffer,
     /// Symmetrised per-kernel layers: dL/d[x; -x] and dL/d(s, t).
@@ -457,11 +505,23 @@ impl Buffers {
             let net = &flow.nets[l];
             let nb = b * net.coupling.net_batch_factor();
             let z2 = net.coupling == CouplingKind::AffineZ2;
+            let stages = net.channels().len() - 1;
             Ok(Activations {
                 whole: None,
-                convs: (net.convs.iter().enumerate())
-                    .map(|(j, c)| pl.f32(format!("{name}[{j}]"), nb * c.cout * v))
+                convs: (net.stages().enumerate())
+                    .map(|(j, c)| pl.f32(format!("{name}[{j}]"), nb * c[0].cout * v))
                     .collect::<Result<_>>()?,
+                // The branches' outputs, where the backward reads them.
+                branches: if net.combi() && net.combi_act == CombiAct::Branch && train {
+                    (0..stages)
+                        .map(|j| {
+                            let len = combi_spec(spec, l, j).span();
+                            pl.f32(format!("{name}[{j}] branches"), len)
+                        })
+                        .collect::<Result<_>>()?
+                } else {
+                    vec![]
+                },
                 mirrored: z2
                     .then(|| pl.f32(format!("{name} [x; -x]"), 2 * b * v))
                     .transpose()?,
@@ -484,6 +544,7 @@ impl Buffers {
                         convs: (0..ch.len() - 1)
                             .map(|j| buf.range(4 * off[j] as u64, (4 * nb * ch[j + 1] * v) as u64))
                             .collect(),
+                        branches: vec![],
                         whole: Some(buf),
                         mirrored: None,
                         st: None,
@@ -497,6 +558,7 @@ impl Buffers {
                     Activations {
                         whole: placeholder.clone(),
                         convs: vec![],
+                        branches: vec![],
                         mirrored: None,
                         st: None,
                     }
@@ -509,6 +571,7 @@ impl Buffers {
                     Activations {
                         whole: None,
                         convs: s.convs.clone(),
+                        branches: s.branches.clone(),
                         mirrored: s.mirrored.clone(),
                         st: s.st.clone(),
                     }
@@ -525,6 +588,7 @@ impl Buffers {
             let np = flow.param_len;
             // Each depth's output gradient, as wide as the widest per-kernel layer needs.
             let mut gh_len: Vec<usize> = vec![];
+            let mut ghb_len: Vec<usize> = vec![];
             let mut partial_len = 1;
             let mut z2 = false;
             for (l, e) in exec.iter().enumerate() {
@@ -536,11 +600,18 @@ impl Buffers {
                         let net = &flow.nets[l];
                         z2 |= net.coupling == CouplingKind::AffineZ2;
                         let nb = b * net.coupling.net_batch_factor();
-                        for (j, c) in net.convs.iter().enumerate() {
+                        for (j, stage) in net.stages().enumerate() {
                             if gh_len.len() <= j {
                                 gh_len.push(0);
+                                ghb_len.push(0);
                             }
-                            gh_len[j] = gh_len[j].max(nb * c.cout * v);
+                            gh_len[j] = gh_len[j].max(nb * stage[0].cout * v);
+                            if net.combi() {
+                                let len = combi_spec(spec, l, j).span();
+                                ghb_len[j] = ghb_len[j].max(len);
+                            }
+                        }
+                        for j in 0..net.channels().len() - 1 {
                             partial_len = partial_len.max(conv_spec(gpu, spec, l, j).partial_len());
                         }
                     }
@@ -558,6 +629,10 @@ impl Buffers {
                     .iter()
                     .enumerate()
                     .map(|(j, &n)| pl.f32(format!("dL/dh[{j}]"), n))
+                    .collect::<Result<_>>()?,
+                ghb: (ghb_len.iter().enumerate())
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(j, &n)| pl.f32(format!("dL/dh[{j}] branches"), n))
                     .collect::<Result<_>>()?,
                 partial: pl.f32("weight-gradient partials".into(), partial_len)?,
                 gmirrored: z2
@@ -639,13 +714,20 @@ fn wire_per_kernel(
     let acts = &buf.acts[l];
     let hs = &acts.convs;
     let z2 = net.coupling == CouplingKind::AffineZ2;
+    // The net's output activation is differentiated by the coupling (or the z2 combine) for
+    // a plain net, and by the last stage's mean for a combinational one.
+    let out_act = if net.combi() {
+        Act::None
+    } else {
+        net.final_act()
+    };
     let zspec = Z2Spec {
         batch: spec.batch,
         volume: spec.flow.lattice.volume(),
         parity: net.parity,
-        final_act: net.final_act(),
+        final_act: out_act,
     };
-    let mut ops = Vec::with_capacity(net.convs.len() + 3);
+    let mut ops = Vec::with_capacity(net.convs.len() + hs.len() + 3);
     // The net's input, and where its input gradient goes: x itself, or [x; -x] for a
     // symmetrised coupling, whose mirror folds that gradient back into dL/dx.
     let (net_x, net_gx) = if z2 {
@@ -660,17 +742,20 @@ fn wire_per_kernel(
     } else {
         (x, buf.grad.as_ref().map(|g| &g.gx[l % 2]))
     };
-    for j in 0..net.convs.len() {
+    let combi = net.combi();
+    for j in 0..hs.len() {
         let grad = buf.grad.as_ref().map(|g| ConvGrads {
             grads: &g.grads,
-            gy: &g.gh[j],
+            // A combinational stage's gradients are its branches'.
+            gy: if combi { &g.ghb[j] } else { &g.gh[j] },
             // Unused where the input is not differentiated (`InputGrad::Skip`).
-            gx: if j == 0 {
-                net_gx.unwrap_or(&g.gx[l % 2])
-            } else {
-                &g.gh[j - 1]
+            gx: match (j, combi) {
+                (0, _) => net_gx.unwrap_or(&g.gx[l % 2]),
+                (_, true) => &g.ghb[j - 1],
+                (_, false) => &g.gh[j - 1],
             },
             partial: &g.partial,
+            hb_in: j.checked_sub(1).and_then(|i| acts.branches.get(i)),
         });
         let conv = Conv::new(
             gpu,
@@ -680,10 +765,21 @@ fn wire_per_kernel(
                 params,
                 x: if j == 0 { net_x } else { &hs[j - 1] },
                 y: &hs[j],
+                hb: acts.branches.get(j),
                 grad,
             },
         )?;
         ops.push(Op::Conv(conv));
+    }
+    // The net's output gradient (from the coupling) reaches the last stage's branches through
+    // their mean.
+    if let Some(g) = buf.grad.as_ref().filter(|_| combi) {
+        let last = hs.len() - 1;
+        let cs = combi_spec(spec, l, last);
+        // Under `CombiAct::Last` the mean's backward reads y, not the branches.
+        let hb = acts.branches.get(last).unwrap_or(&gpu.dummy_storage);
+        let (gout, ghb) = (&g.gh[last], &g.ghb[last]);
+        ops.push(Op::Mean(Mean::new(gpu, cs, hb, &hs[last], gout, ghb)?));
     }
     let out = hs.last().expect("a net has a convolution");
     let gout = buf
@@ -692,7 +788,7 @@ fn wire_per_kernel(
         .map(|g| g.gh.last().expect("a net has a convolution"));
     // (s, t), where the coupling reads them, and their gradient.
     let (st, gst, final_act) = match net.coupling {
-        CouplingKind::Affine => (out, gout, net.final_act()),
+        CouplingKind::Affine => (out, gout, out_act),
         CouplingKind::AffineZ2 => {
             let st = acts
                 .st
@@ -888,7 +984,9 @@ impl Tape {
     /// Visit one step's dispatches in order: forward, backward in reverse, Adam.
     fn visit_step<'a>(&'a self, f: &mut impl FnMut(&'a Dispatch)) {
         for op in &self.ops {
-            f(op.forward(self.spec.mode));
+            if let Some(d) = op.forward(self.spec.mode) {
+                f(d);
+            }
         }
         if self.spec.mode == Mode::Train {
             for op in self.ops.iter().rev() {
@@ -916,7 +1014,7 @@ impl Tape {
     pub fn submit_forward_from_input(&self, gpu: &Gpu) {
         let forward: Vec<&Dispatch> = (self.ops.iter())
             .filter(|op| !matches!(op, Op::Prior(_)))
-            .map(|op| op.forward(self.spec.mode))
+            .filter_map(|op| op.forward(self.spec.mode))
             .collect();
         gpu.submit("forward", &forward);
     }

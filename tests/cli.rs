@@ -61,11 +61,28 @@ fn devices_lists_an_adapter() {
 #[test]
 fn every_shipped_config_dry_runs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut paths = vec![];
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
+        if p.is_dir() {
+            paths.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            paths.push(p);
+        }
+    }
+    for p in paths {
         let o = run(&["train", p.to_str().unwrap(), "--dry-run"]);
         assert!(o.status.success(), "{}: {}", p.display(), text(&o));
         assert!(text(&o).contains("parameters"));
+        // A combinational variant says so, with its parameter count (DESIGN's table).
+        let name = p.file_stem().unwrap().to_str().unwrap();
+        if name.ends_with("_3C1") {
+            let t = text(&o);
+            assert!(
+                t.contains("combinational convolutions 3C1") && t.contains("13536"),
+                "{t}"
+            );
+        }
     }
 }
 

@@ -131,8 +131,17 @@ fn julia_priors_and_schedules() {
 fn shipped_configs_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut n = 0;
+    // configs/ and its subfolders (configs/combi/).
+    let mut paths = vec![];
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            paths.push(path);
+        }
+    }
+    for path in paths {
         if path.extension().is_some_and(|e| e == "toml") {
             let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             assert!(c.physical.l.is_multiple_of(2));
@@ -144,7 +153,7 @@ fn shipped_configs_parse() {
             n += 1;
         }
     }
-    assert!(n >= 10, "only {n} configs in configs/");
+    assert!(n >= 20, "only {n} configs in configs/");
 }
 
 #[test]
@@ -171,6 +180,9 @@ fn tutorial_values() {
         (64, 25, 100)
     );
     assert_eq!(c.training.base_lr, 1e-3);
+    // Our keys, absent from GomalizingFlow's configs, keep its model.
+    assert_eq!(c.model.combi, None);
+    assert!(!c.model.z2_equivariant && !c.model.identity_init);
 }
 
 #[test]
@@ -259,6 +271,27 @@ fn errors_name_file_key_and_what_is_accepted() {
         (
             with("[device]", "[device]\ndevice_id = -2"),
             &["[device].device_id", "-1"],
+        ),
+        // A combinational convolution needs 1 <= r < Nd (the tutorial is 2D).
+        (
+            with("use_bn = ", "use_bn = false\ncombi_r = 2"),
+            &[
+                "test.toml",
+                "[model].combi_r",
+                "1 <= r < Nd",
+                "[physical].Nd = 2",
+            ],
+        ),
+        (
+            with("use_bn = ", "use_bn = false\ncombi_r = -1"),
+            &["[model].combi_r", "0 (the full convolution)"],
+        ),
+        (
+            with(
+                "use_bn = ",
+                "use_bn = false\ncombi_r = 1\ncombi_activation = \"mean\"",
+            ),
+            &["[model].combi_activation", "\"branch\"", "\"last\""],
         ),
     ];
     for (text, want) in cases {

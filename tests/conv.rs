@@ -6,7 +6,7 @@
 //! the sum of magnitudes; each check uses 4 n 2^-24 with n the terms one output adds.
 
 use crate::common::*;
-use gomaflow_wgpu::flow::Taps;
+use gomaflow_wgpu::flow::{CombiAct, Taps};
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference,
 };
@@ -101,6 +101,7 @@ fn run(c: &Case, seed: u64) {
             .enumerate()
             .map(|(i, gv)| gx0[i] + mask[i % v] * gv)
             .collect(),
+        InputGrad::ToBranches(_) => unreachable!("tests/combi.rs"),
     };
     // GPU, with one and with two samples per thread (batch 3: the last block is partial), and
     // with the weights read through storage and through a uniform binding (w_off = 64 is
@@ -115,6 +116,9 @@ fn run(c: &Case, seed: u64) {
             parity,
             w_off,
             input_grad: c.input_grad,
+            branches: 1,
+            w_stride: 0,
+            combi_act: CombiAct::Branch,
             tiling: ConvTiling {
                 chunk: 2, // two chunks for batch 3: the last one partial
                 samples_per_thread: nb,
@@ -159,11 +163,13 @@ fn run(c: &Case, seed: u64) {
                 params: &bufs.0,
                 x: &bufs.2,
                 y: &bufs.3,
+                hb: None,
                 grad: Some(ConvGrads {
                     grads: &bufs.1,
                     gy: &bufs.4,
                     gx: &bufs.5,
                     partial: &bufs.6,
+                    hb_in: None,
                 }),
             },
         )

@@ -8,6 +8,7 @@ mod common;
 mod action;
 mod adam;
 mod cli;
+mod combi;
 mod config;
 mod conv;
 mod coupling;

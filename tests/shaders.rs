@@ -38,6 +38,22 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("WG", 128),
             ]);
             v.push(vec![("CIN", 2), ("COUT", 3), ("TAPS", 3), ("MODE", 0)]);
+            // A combinational branch: 3^r taps, adding its input gradient.
+            v.push(vec![
+                ("CIN", 8),
+                ("COUT", 8),
+                ("TAPS", 3),
+                ("ACT", 0),
+                ("MODE", 3),
+            ]);
+        }
+        Shader::Combi => {
+            // C(Nd, r) branches for every Nd, r; both places of the activation.
+            for br in [2, 3, 4, 6] {
+                for (act, after) in [(1, 1), (2, 1), (1, 0), (2, 0), (0, 0)] {
+                    v.push(vec![("BR", br), ("ACT", act), ("AFTER", after)]);
+                }
+            }
         }
         Shader::Coupling => {
             for wg in [32, 64, 128, 256] {

@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
-use gomaflow_wgpu::flow::{CouplingKind, FlowSpec, reference};
+use gomaflow_wgpu::flow::{Combi, CombiAct, CouplingKind, FlowSpec, reference};
 use gomaflow_wgpu::kernels::adam::{self, AdamSpec};
 use gomaflow_wgpu::kernels::prior::reference as prior_ref;
 use gomaflow_wgpu::lattice::Lattice;
@@ -370,6 +370,73 @@ fn tape_z2() {
     );
 }
 
+/// Combinational convolutions (every r of Nd = 2, 3, 4; the mean after and before the
+/// activation; symmetrised and with the identity start): every parameter's gradient against
+/// the reference, the reference against finite differences, Adam's steps.
+#[test]
+fn tape_combi() {
+    let normal = PriorKind::Normal {
+        mu: 0.0,
+        sigma: 1.0,
+    };
+    let combi = |r, act| Combi { r, act };
+    let (branch, last) = (CombiAct::Branch, CombiAct::Last);
+    train_steps(
+        "tape combi 2C1 branch L=4 hidden [3, 3]",
+        &flow(2, 4, 2, vec![3, 3], 3, true).with_combi(combi(1, branch)),
+        3,
+        normal.clone(),
+        2,
+        true,
+    );
+    train_steps(
+        "tape combi 2C1 last L=4 no tanh",
+        &flow(2, 4, 2, vec![3], 3, false).with_combi(combi(1, last)),
+        2,
+        normal.clone(),
+        2,
+        true,
+    );
+    train_steps(
+        "tape combi 3C1 branch L=4",
+        &flow(3, 4, 2, vec![2], 3, true).with_combi(combi(1, branch)),
+        2,
+        normal.clone(),
+        2,
+        true,
+    );
+    train_steps(
+        "tape combi 3C2 last L=4",
+        &flow(3, 4, 2, vec![2], 3, true).with_combi(combi(2, last)),
+        2,
+        normal.clone(),
+        2,
+        false,
+    );
+    for r in 1..=3 {
+        train_steps(
+            &format!("tape combi 4C{r} branch L=2"),
+            &flow(4, 2, 2, vec![2], 3, true).with_combi(combi(r, branch)),
+            2,
+            normal.clone(),
+            2,
+            false,
+        );
+    }
+    train_steps_betas(
+        "tape combi 2C1 z2 identity start",
+        &flow(2, 4, 3, vec![3], 3, true)
+            .with_combi(combi(1, branch))
+            .with_coupling(CouplingKind::AffineZ2)
+            .with_identity_init(),
+        3,
+        normal,
+        3,
+        true,
+        [0.8, 0.9],
+    );
+}
+
 /// The identity start: the last convolution of every net is zero (the others as PyTorch's
 /// default from the same seed), so the flow starts as the identity map, phi = z.
 #[test]
@@ -415,8 +482,20 @@ fn z2_flow_is_odd() {
         .chunks(v)
         .map(|c| prior_ref::log_density(&normal, c))
         .collect();
-    for (z2, fusion) in [(true, Fusion::On), (true, Fusion::Off), (false, Fusion::On)] {
+    let combi = Combi {
+        r: 1,
+        act: CombiAct::Branch,
+    };
+    for (z2, fusion, combi) in [
+        (true, Fusion::On, None),
+        (true, Fusion::Off, None),
+        (false, Fusion::On, None),
+        (true, Fusion::On, Some(combi)),
+    ] {
         let mut f = flow(2, 6, 4, vec![4, 4], 3, true);
+        if let Some(c) = combi {
+            f = f.with_combi(c);
+        }
         if z2 {
             f = f.with_coupling(CouplingKind::AffineZ2);
         }
@@ -441,7 +520,7 @@ fn z2_flow_is_odd() {
                 }
                 g.wait().unwrap();
             }
-            let label = format!("z2 {z2} {fusion:?} trained {trained}");
+            let label = format!("z2 {z2} {fusion:?} {combi:?} trained {trained}");
             let ((phi, lq), (phi_m, lq_m)) = (push(&z), push(&minus_z));
             let odd = phi.iter().zip(&phi_m).map(|(a, b)| (a + b).abs());
             let worst = odd.fold(0.0f64, f64::max);

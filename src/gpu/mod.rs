@@ -195,6 +195,9 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<String, Pipeline>>,
     /// A 16-byte uniform buffer for optional uniform bindings a kernel does not read.
     pub dummy_uniform: GpuBuffer,
+    /// A 16-byte storage buffer for storage bindings a specialisation does not touch (WGSL
+    /// keeps a binding that only a constant-false branch uses).
+    pub dummy_storage: GpuBuffer,
     /// The first uncaptured wgpu error (validation, out of memory, device lost), reported by
     /// `check` as an error instead of wgpu's default panic.
     error: Arc<Mutex<Option<String>>>,
@@ -252,6 +255,12 @@ impl Gpu {
             usage: Usage::UNIFORM | Usage::COPY_DST,
             mapped_at_creation: false,
         });
+        let dummy_storage = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused storage"),
+            size: 16,
+            usage: Usage::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
             adapter,
             device,
@@ -264,6 +273,13 @@ impl Gpu {
                 label: "unused uniform".into(),
                 size: 16,
                 usage: Usage::UNIFORM | Usage::COPY_DST,
+                range: None,
+            },
+            dummy_storage: GpuBuffer {
+                buffer: dummy_storage,
+                label: "unused storage".into(),
+                size: 16,
+                usage: Usage::STORAGE,
                 range: None,
             },
             error,

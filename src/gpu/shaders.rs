@@ -48,6 +48,7 @@ shaders! {
     Adam => "adam",
     Hmc => "hmc",
     Z2 => "z2",
+    Combi => "combi",
 }
 
 impl Shader {

@@ -1,9 +1,10 @@
 //! Periodic convolution (`shaders/conv.wgsl`): forward with fused bias and activation, backward
 //! to the input (with a fused epilogue), backward to weights and bias (two deterministic stages).
 
+use super::combi::branch_stride;
 use super::tiling::ConvTiling;
 use super::{Act, LatticeBuffers};
-use crate::flow::Taps;
+use crate::flow::{CombiAct, Taps};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
 use anyhow::{Result, bail};
 
@@ -46,6 +47,10 @@ pub enum InputGrad {
     TimesActGrad(Act),
     /// gx += mask * dL/dx, for the first convolution of a coupling, whose input is mask * x.
     AddMasked,
+    /// The input is the mean of a combinational stage with this activation (`ConvSpec::
+    /// branches` of them, combined as `ConvSpec::combi_act`): gx gets each of its branches'
+    /// pre-activation gradients, row b at b * branch_stride, from `ConvGrads::hb_in`.
+    ToBranches(Act),
 }
 
 #[derive(Clone, Debug)]
@@ -62,15 +67,72 @@ pub struct ConvSpec {
     pub input_grad: InputGrad,
     /// How the work is split over threads (`ConvTiling::for_adapter` unless a test picks).
     pub tiling: ConvTiling,
+    /// Branches of a combinational convolution computed together (1: a plain convolution).
+    /// `taps` is then `Taps::Branches`, `dims.taps` one branch's; branch b's parameters are
+    /// at w_off + b * w_stride; the forward writes each branch's output to row b of
+    /// `ConvBuffers::hb` and their mean to y, and `gy` holds the branches' gradients.
+    pub branches: usize,
+    pub w_stride: usize,
+    pub combi_act: CombiAct,
 }
 
 impl ConvSpec {
+    /// A plain convolution (one branch).
+    #[allow(clippy::too_many_arguments)]
+    pub fn plain(
+        dims: ConvDims,
+        taps: Taps,
+        act: Act,
+        in_mask: bool,
+        parity: u32,
+        w_off: usize,
+        input_grad: InputGrad,
+        tiling: ConvTiling,
+    ) -> ConvSpec {
+        ConvSpec {
+            dims,
+            taps,
+            act,
+            in_mask,
+            parity,
+            w_off,
+            input_grad,
+            tiling,
+            branches: 1,
+            w_stride: 0,
+            combi_act: CombiAct::Branch,
+        }
+    }
+
+    /// Floats between two branches' rows of the outputs (and of gy); 0 under
+    /// `CombiAct::Last`, whose branches share one gradient row and keep no outputs.
+    pub fn stride(&self) -> usize {
+        self.rows_stride(self.dims.cout)
+    }
+
+    /// ... and of the inputs (and of gx, for `InputGrad::ToBranches`).
+    pub fn stride_in(&self) -> usize {
+        self.rows_stride(self.dims.cin)
+    }
+
+    fn rows_stride(&self, channels: usize) -> usize {
+        match self.combi_act {
+            CombiAct::Branch => branch_stride(self.dims.batch * channels * self.dims.volume),
+            CombiAct::Last => 0,
+        }
+    }
+
+    /// The span of the branches' parameters in the flat buffer (padding between included).
+    pub fn param_span(&self) -> usize {
+        (self.branches - 1) * self.w_stride + self.dims.n_params()
+    }
+
     pub fn n_chunks(&self) -> usize {
         self.dims.batch.div_ceil(self.tiling.chunk)
     }
     /// Length of the scratch buffer of weight-gradient partial sums.
     pub fn partial_len(&self) -> usize {
-        self.n_chunks() * self.dims.n_params()
+        self.n_chunks() * self.param_span()
     }
 }
 
@@ -81,6 +143,8 @@ pub struct ConvBuffers<'a> {
     pub params: &'a GpuBuffer,
     pub x: &'a GpuBuffer,
     pub y: &'a GpuBuffer,
+    /// Branches > 1: the branches' outputs [branches, stride].
+    pub hb: Option<&'a GpuBuffer>,
     /// The backward's buffers; `None` builds a forward-only layer.
     pub grad: Option<ConvGrads<'a>>,
 }
@@ -92,6 +156,8 @@ pub struct ConvGrads<'a> {
     pub gy: &'a GpuBuffer,
     pub gx: &'a GpuBuffer,
     pub partial: &'a GpuBuffer,
+    /// `InputGrad::ToBranches`: the previous stage's branch outputs.
+    pub hb_in: Option<&'a GpuBuffer>,
 }
 
 #[repr(C)]
@@ -104,7 +170,9 @@ struct Params {
     chunk: u32,
     n_weights: u32,
     n_chunks: u32,
-    _pad: u32,
+    stride: u32,
+    stride_in: u32,
+    _pad: [u32; 3],
 }
 
 /// The dispatches of one convolution layer.
@@ -122,10 +190,14 @@ impl Conv {
     pub fn new(gpu: &Gpu, spec: ConvSpec, b: &ConvBuffers) -> Result<Conv> {
         let d = spec.dims;
         let nbr = b.lattice.table(&spec.taps)?;
-        if d.taps != spec.taps.count(b.lattice.lattice.nd) || d.volume != b.lattice.lattice.volume()
-        {
+        let nd = b.lattice.lattice.nd;
+        if d.taps * spec.branches != spec.taps.count(nd) || d.volume != b.lattice.lattice.volume() {
             bail!("convolution {d:?} does not match the lattice tables");
         }
+        if spec.branches > 1 && spec.w_stride < d.n_params() {
+            bail!("a combinational convolution's branches' parameter slices overlap");
+        }
+
         // More than a 5 x 5 plane per thread exhausts lavapipe's private memory (81 taps gave
         // wrong results there), and no adapter gains from it.
         if spec.tiling.taps_per_thread == 0
@@ -149,25 +221,48 @@ impl Conv {
         if matches!(spec.input_grad, InputGrad::AddMasked) && d.cin != 1 {
             bail!("InputGrad::AddMasked needs a single input channel");
         }
-        b.params.need(spec.w_off + d.n_params())?;
-        b.x.need(d.batch * d.cin * d.volume)?;
-        b.y.need(d.batch * d.cout * d.volume)?;
+        let br = spec.branches;
+        // The branches' outputs are kept where the backward needs them and a buffer is given.
+        let keep = br > 1 && spec.combi_act == CombiAct::Branch && b.hb.is_some();
+        let (n_in, n_out) = (d.batch * d.cin * d.volume, d.batch * d.cout * d.volume);
+        // Row lengths of [branches, stride] buffers: the last row unpadded.
+        let rows = |n: usize, stride: usize| (br - 1) * stride + n;
+        b.params.need(spec.w_off + spec.param_span())?;
+        b.x.need(n_in)?;
+        b.y.need(n_out)?;
+        if keep {
+            b.hb.unwrap().need(rows(n_out, spec.stride()))?;
+        }
+        let to_branches = matches!(spec.input_grad, InputGrad::ToBranches(_));
         if let Some(g) = &b.grad {
-            g.grads.need(spec.w_off + d.n_params())?;
-            g.gx.need(d.batch * d.cin * d.volume)?;
-            g.gy.need(d.batch * d.cout * d.volume)?;
+            g.grads.need(spec.w_off + spec.param_span())?;
+            g.gx.need(if to_branches {
+                rows(n_in, spec.stride_in())
+            } else {
+                n_in
+            })?;
+            g.gy.need(rows(n_out, spec.stride()))?;
             g.partial.need(spec.partial_len())?;
+            let after = spec.combi_act == CombiAct::Branch;
+            match g.hb_in {
+                Some(h) => h.need(rows(n_in, spec.stride_in()))?,
+                None if to_branches && after => {
+                    bail!("InputGrad::ToBranches needs the previous stage's branch outputs")
+                }
+                None => {}
+            }
         }
 
         let (mode, act_in) = match spec.input_grad {
             InputGrad::Write | InputGrad::Skip => (0, Act::None),
             InputGrad::TimesActGrad(a) => (1, a),
             InputGrad::AddMasked => (2, Act::None),
+            InputGrad::ToBranches(a) => (4, a),
         };
         // Weights through a uniform binding of the layer's slice where the buffer, the alignment
         // and the size allow it (see W_UBO in conv.wgsl).
         let lim = &gpu.limits;
-        let w_bytes = (d.n_params().div_ceil(4) * 16) as u64;
+        let w_bytes = (spec.param_span().div_ceil(4) * 16) as u64;
         let w_start = (spec.w_off * 4) as u64;
         let ubo = b.params.usage.contains(crate::gpu::Usage::UNIFORM)
             && w_start.is_multiple_of(lim.min_uniform_buffer_offset_alignment as u64)
@@ -189,6 +284,10 @@ impl Conv {
                 .with("NB", spec.tiling.samples_per_thread as u32)
                 // Every entry point of the module must be valid, so all see the real TPT.
                 .with("TPT", spec.tiling.taps_per_thread as u32)
+                .with("BR", br as u32)
+                .with("WSTRIDE", spec.w_stride as u32)
+                .with("AFTER", (spec.combi_act == CombiAct::Branch) as u32)
+                .with("KEEP", keep as u32)
         };
         let uniform = Params {
             batch: d.batch as u32,
@@ -196,9 +295,11 @@ impl Conv {
             w_off: spec.w_off as u32,
             parity: spec.parity,
             chunk: spec.tiling.chunk as u32,
-            n_weights: d.n_params() as u32,
+            n_weights: spec.param_span() as u32,
             n_chunks: spec.n_chunks() as u32,
-            _pad: 0,
+            stride: spec.stride() as u32,
+            stride_in: spec.stride_in() as u32,
+            _pad: [0; 3],
         };
         let u = Some(bytemuck::bytes_of(&uniform));
         let site_groups = [
@@ -211,6 +312,8 @@ impl Conv {
         let fwd = base("forward")
             .with("ACT", spec.act.code())
             .with("IN_MASK", spec.in_mask as u32);
+        // hb and hb_in are bound to a placeholder where the specialisation does not use them.
+        let unused = &gpu.dummy_storage;
         let forward_buffers = [
             ("params", b.params),
             ("nbr", nbr),
@@ -218,10 +321,11 @@ impl Conv {
             ("x", b.x),
             ("y", b.y),
             ("wu", &wu),
+            ("hb", b.hb.filter(|_| keep).unwrap_or(unused)),
         ];
         // Work models: 2 flops per multiply-add; each tensor touched once.
         let f = 4.0;
-        let (bv, macs) = ((d.batch * d.volume) as f64, d.macs() as f64);
+        let (bv, macs) = ((d.batch * d.volume) as f64, (br * d.macs()) as f64);
         let (xin, yout, w) = (
             bv * d.cin as f64 * f,
             bv * d.cout as f64 * f,
@@ -245,6 +349,7 @@ impl Conv {
                 ("gx", g.gx),
                 ("partial", g.partial),
                 ("grads", g.grads),
+                ("hb_in", g.hb_in.unwrap_or(unused)),
             ],
         ]
         .concat();
@@ -266,7 +371,7 @@ impl Conv {
                 [
                     groups_for(d.n_params(), WG as usize),
                     spec.n_chunks() as u32,
-                    1,
+                    br as u32,
                 ],
             )?
             .with_work(
@@ -280,7 +385,7 @@ impl Conv {
                 &rw,
                 u,
                 &buffers,
-                [groups_for(d.n_params(), WG as usize), 1, 1],
+                [groups_for(d.n_params(), WG as usize), 1, br as u32],
             )?
             .with_work(
                 spec.partial_len() as f64,

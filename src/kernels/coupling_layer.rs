@@ -57,7 +57,9 @@ impl CouplingLayerSpec {
     fn shape(&self) -> Option<(usize, usize)> {
         let convs = &self.net.convs;
         let n = convs.len();
+        // A combinational net's branches run as separate convolutions and a mean.
         if n < 2
+            || self.net.combi()
             || !matches!(
                 self.net.coupling,
                 CouplingKind::Affine | CouplingKind::AffineZ2

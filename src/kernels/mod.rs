@@ -4,6 +4,7 @@
 
 pub mod action;
 pub mod adam;
+pub mod combi;
 pub mod conv;
 pub mod coupling;
 pub mod coupling_layer;

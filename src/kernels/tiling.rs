@@ -18,6 +18,9 @@ pub const SOFTWARE_ACCUMULATORS: usize = 64;
 /// inputs). Measured on lavapipe, 32 -> 32 channels: COB 4 (12) 6.6 GFLOP/s, COB 8 (24) 8.5,
 /// COB 16 (48) 3.0 to 5.4, COB 32 (96) 3.1.
 pub const SOFTWARE_WGRAD_ACCUMULATORS: usize = 24;
+/// Weight-gradient threads per chunk below which a CPU adapter's threads hold fewer outputs
+/// (8: one 256-bit vector of f32 lanes).
+pub const SOFTWARE_MIN_WGRAD_THREADS: usize = 8;
 
 /// Threads per workgroup of the whole-layer kernels, at most (one sample per workgroup;
 /// smaller lattices take fewer).
@@ -58,8 +61,21 @@ impl ConvTiling {
     /// The tiling for `dims` on a GPU or (`software`) on a CPU adapter such as lavapipe; `row`
     /// is the tap set's row (`Taps::row`: k for the k^Nd window).
     pub fn for_adapter(dims: &ConvDims, row: usize, software: bool) -> ConvTiling {
-        let tpt = Self::default_taps_per_thread(dims.taps, row, dims.cout, software);
-        let cob = Self::default_couts_per_thread(dims.cout, tpt, software);
+        let mut tpt = Self::default_taps_per_thread(dims.taps, row, dims.cout, software);
+        let mut cob = Self::default_couts_per_thread(dims.cout, tpt, software);
+        // Threads of one chunk are the lanes of a CPU adapter's workgroup: too few leave its
+        // vector lanes idle (a 1 -> 8 layer of 3 taps had one thread per chunk). Fewer outputs
+        // per thread give more threads; each weight's sum keeps its order.
+        let threads = |tpt: usize, cob: usize| dims.cin * dims.taps / tpt * dims.cout / cob;
+        while software && threads(tpt, cob) < SOFTWARE_MIN_WGRAD_THREADS {
+            if let Some(c) = (1..cob).rev().find(|c| dims.cout.is_multiple_of(*c)) {
+                cob = c;
+            } else if let Some(t) = (1..tpt).rev().find(|t| dims.taps.is_multiple_of(*t)) {
+                tpt = t;
+            } else {
+                break;
+            }
+        }
         ConvTiling {
             samples_per_thread: Self::default_samples_per_thread(software, dims.cin, dims.cout),
             taps_per_thread: tpt,

@@ -1,0 +1,149 @@
+//! The mean of a combinational convolution's branches: its f64 reference, and the backward of
+//! the net's last stage (`shaders/combi.wgsl`). The branches and their mean run forward as one
+//! convolution kernel (`kernels::conv` with `ConvSpec::branches` > 1), which writes each
+//! branch's output to its row of one buffer and applies this backward between stages.
+
+use super::Act;
+use crate::flow::CombiAct;
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
+use anyhow::Result;
+
+const WG: u32 = 64;
+
+/// Floats between two branches' rows in the branch buffers: one branch's output padded to 256
+/// bytes, so that each row may be bound alone (WebGPU's storage offset alignment).
+pub fn branch_stride(n: usize) -> usize {
+    n.div_ceil(64) * 64
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CombiSpec {
+    /// Rows of one branch's output: the net's batch times the stage's output channels.
+    pub rows: usize,
+    pub volume: usize,
+    pub branches: usize,
+    /// The stage's activation and where it goes.
+    pub act: Act,
+    pub mode: CombiAct,
+}
+
+impl CombiSpec {
+    /// Floats of one branch's output.
+    pub fn n(&self) -> usize {
+        self.rows * self.volume
+    }
+    /// Floats between two branches' rows. Under `CombiAct::Last` every branch's gradient is
+    /// the same (dL/dy act'(y) / branches): one row serves all, stride 0.
+    pub fn stride(&self) -> usize {
+        match self.mode {
+            CombiAct::Branch => branch_stride(self.n()),
+            CombiAct::Last => 0,
+        }
+    }
+    /// Floats of a [branches, stride] buffer (the last row unpadded).
+    pub fn span(&self) -> usize {
+        (self.branches - 1) * self.stride() + self.n()
+    }
+}
+
+/// From `gy` (dL/dy, y the stage's output [rows, volume]) to `ghb` [branches, stride], each
+/// branch's pre-activation gradient, reading the branches' outputs `hb` [branches, stride]
+/// under `CombiAct::Branch` or y under `Last` (hb is then unread).
+pub struct Mean {
+    pub backward: Dispatch,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    volume: u32,
+    stride: u32,
+    _pad: [u32; 2],
+}
+
+impl Mean {
+    pub fn new(
+        gpu: &Gpu,
+        spec: CombiSpec,
+        hb: &GpuBuffer,
+        y: &GpuBuffer,
+        gy: &GpuBuffer,
+        ghb: &GpuBuffer,
+    ) -> Result<Mean> {
+        let (n, nb, span) = (spec.n(), spec.branches, spec.span());
+        hb.need(if spec.mode == CombiAct::Branch {
+            span
+        } else {
+            1
+        })?;
+        y.need(n)?;
+        gy.need(n)?;
+        ghb.need(span)?;
+        let kernel = KernelSpec::new(Shader::Combi, "backward")
+            .with("WG", WG)
+            .with("BR", nb as u32)
+            .with("ACT", spec.act.code())
+            .with("AFTER", (spec.mode == CombiAct::Branch) as u32);
+        let p = Params {
+            volume: spec.volume as u32,
+            stride: spec.stride() as u32,
+            _pad: [0; 2],
+        };
+        let groups = [groups_for(spec.volume, WG as usize), spec.rows as u32, 1];
+        let nf = n as f64;
+        let backward = gpu
+            .dispatch(
+                &kernel,
+                Some(bytemuck::bytes_of(&p)),
+                &[("hb", hb), ("y", y), ("gy", gy), ("ghb", ghb)],
+                groups,
+            )?
+            .with_work(2.0 * nb as f64 * nf, (2.0 * nb as f64 + 2.0) * nf * 4.0);
+        Ok(Mean { backward })
+    }
+}
+
+/// The f64 specification: branch outputs as separate vectors of one length.
+pub mod reference {
+    use super::super::Act;
+    use crate::flow::CombiAct;
+
+    /// The stage's output from its branches' outputs (activated under `Branch`, not under
+    /// `Last`): the mean, activated after it under `Last`.
+    pub fn forward(hb: &[Vec<f64>], mode: CombiAct, act: Act) -> Vec<f64> {
+        let k = 1.0 / hb.len() as f64;
+        (0..hb[0].len())
+            .map(|i| {
+                let m = hb.iter().map(|h| h[i]).sum::<f64>() * k;
+                match mode {
+                    CombiAct::Branch => m,
+                    CombiAct::Last => act.apply(m),
+                }
+            })
+            .collect()
+    }
+
+    /// Each branch's pre-activation gradient from dL/dy (`y` the forward's output).
+    pub fn backward(
+        hb: &[Vec<f64>],
+        y: &[f64],
+        gy: &[f64],
+        mode: CombiAct,
+        act: Act,
+    ) -> Vec<Vec<f64>> {
+        let k = 1.0 / hb.len() as f64;
+        hb.iter()
+            .map(|h| {
+                (0..gy.len())
+                    .map(|i| {
+                        let from = match mode {
+                            CombiAct::Branch => h[i],
+                            CombiAct::Last => y[i],
+                        };
+                        gy[i] * k * act.grad_from_output(from)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
