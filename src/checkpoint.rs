@@ -43,6 +43,13 @@ pub fn describe(flow: &FlowSpec) -> String {
     if flow.z2() {
         d.push_str(" z2_equivariant=true");
     }
+    if let Some(c) = flow.combi {
+        let act = match c.act {
+            crate::flow::CombiAct::Branch => "branch",
+            crate::flow::CombiAct::Last => "last",
+        };
+        d.push_str(&format!(" combi_r={} combi_activation={act}", c.r));
+    }
     d
 }
 

@@ -388,14 +388,7 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         parity: net.parity,
         w_off: c.offset,
         input_grad,
-        tiling: {
-            let mut t = ConvTiling::for_adapter(&dims, c.taps.row(), gpu.is_software());
-            if nb > 1 {
-                // The forward also holds the branches' running mean.
-                t.samples_per_thread = (t.samples_per_thread / 2).max(1);
-            }
-            t
-        },
+        tiling: ConvTiling::for_stage(&dims, c.taps.row(), nb, gpu.is_software()),
         branches: nb,
         w_stride: stage.get(1).map_or(0, |c1| c1.offset - c.offset),
         combi_act: net.combi_act,

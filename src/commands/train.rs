@@ -108,9 +108,12 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
     println!(
         "step        {} dispatches in one submit ({})",
         tape.step_dispatches().len(),
-        tape.exec
-            .first()
-            .map_or("no coupling layers", |e| e.describe())
+        match tape.exec.first() {
+            None => "no coupling layers",
+            // The whole-layer kernel does not know combinational nets.
+            Some(_) if flow.combi.is_some() => "one per kernel; combinational convolutions always",
+            Some(e) => e.describe(),
+        }
     );
     println!("buffers     training tape {}:", mib(tape.memory_bytes()));
     // Per-layer buffers grouped: "h[*][0] x16" (the first index is the layer).

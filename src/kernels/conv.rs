@@ -77,33 +77,6 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
-    /// A plain convolution (one branch).
-    #[allow(clippy::too_many_arguments)]
-    pub fn plain(
-        dims: ConvDims,
-        taps: Taps,
-        act: Act,
-        in_mask: bool,
-        parity: u32,
-        w_off: usize,
-        input_grad: InputGrad,
-        tiling: ConvTiling,
-    ) -> ConvSpec {
-        ConvSpec {
-            dims,
-            taps,
-            act,
-            in_mask,
-            parity,
-            w_off,
-            input_grad,
-            tiling,
-            branches: 1,
-            w_stride: 0,
-            combi_act: CombiAct::Branch,
-        }
-    }
-
     /// Floats between two branches' rows of the outputs (and of gy); 0 under
     /// `CombiAct::Last`, whose branches share one gradient row and keep no outputs.
     pub fn stride(&self) -> usize {
