@@ -44,10 +44,7 @@ pub fn describe(flow: &FlowSpec) -> String {
         d.push_str(" z2_equivariant=true");
     }
     if let Some(c) = flow.combi {
-        let act = match c.act {
-            crate::flow::CombiAct::Branch => "branch",
-            crate::flow::CombiAct::Last => "last",
-        };
+        let act = c.act.key();
         d.push_str(&format!(" combi_r={} combi_activation={act}", c.r));
     }
     d

@@ -390,7 +390,7 @@ impl Default for ModelTable {
             z2_equivariant: false,
             init: "torch".into(),
             combi_r: 0,
-            combi_activation: "branch".into(),
+            combi_activation: CombiAct::Branch.key().into(),
         }
     }
 }
@@ -587,18 +587,15 @@ impl ModelTable {
                 ));
             }
         };
-        let combi_act = match self.combi_activation.as_str() {
-            "branch" => CombiAct::Branch,
-            "last" => CombiAct::Last,
-            other => {
-                return Err(c.err(
-                    "combi_activation",
-                    format!(
-                        "= {other:?} is not known; accepted: {}",
-                        c.what("combi_activation")
-                    ),
-                ));
-            }
+        let Some(combi_act) = CombiAct::from_key(&self.combi_activation) else {
+            return Err(c.err(
+                "combi_activation",
+                format!(
+                    "= {:?} is not known; accepted: {}",
+                    self.combi_activation,
+                    c.what("combi_activation")
+                ),
+            ));
         };
         // r < Nd is checked against [physical] (`Document::validate`).
         let combi = match c.int_in("combi_r", self.combi_r, 0, 3)? {
@@ -736,11 +733,7 @@ impl From<&Config> for Document {
                 z2_equivariant: m.z2_equivariant,
                 init: if m.identity_init { "identity" } else { "torch" }.into(),
                 combi_r: m.combi.map_or(0, |c| c.r as i64),
-                combi_activation: match m.combi.map(|c| c.act) {
-                    Some(CombiAct::Last) => "last",
-                    _ => "branch",
-                }
-                .into(),
+                combi_activation: m.combi.map_or(CombiAct::Branch, |c| c.act).key().into(),
             },
         }
     }

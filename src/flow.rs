@@ -221,6 +221,22 @@ pub enum CombiAct {
     Last,
 }
 
+impl CombiAct {
+    /// The value of `[model] combi_activation`.
+    pub fn key(self) -> &'static str {
+        match self {
+            CombiAct::Branch => "branch",
+            CombiAct::Last => "last",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<CombiAct> {
+        [CombiAct::Branch, CombiAct::Last]
+            .into_iter()
+            .find(|a| a.key() == key)
+    }
+}
+
 /// GomalizingFlow's combinational convolution (`[model] combi_r`): every convolution of a
 /// coupling net becomes C(Nd, r) branches, one per r-subset of the axes (`Taps::branches`),
 /// each with its own weights and bias, combined by the mean (`act` says where the
@@ -251,6 +267,22 @@ impl CouplingNet {
     /// The activation of the net's output, which the coupling's backward differentiates.
     pub fn final_act(&self) -> Act {
         self.convs.last().map_or(Act::None, |c| c.act)
+    }
+
+    /// Stages of the net (convolutions of the plain net it stands for).
+    pub fn n_stages(&self) -> usize {
+        self.convs.len() / self.branches
+    }
+
+    /// The activation the coupling's backward differentiates on the net's output: the final
+    /// one for a plain net; none for a combinational one, whose last stage's mean applies it
+    /// per branch.
+    pub fn output_act(&self) -> Act {
+        if self.combi() {
+            Act::None
+        } else {
+            self.final_act()
+        }
     }
 
     /// The stages: each the blocks (branches) whose combination is one layer of the net.
@@ -489,7 +521,7 @@ impl FlowSpec {
     pub fn tap_sets(&self) -> Vec<Taps> {
         let mut sets: Vec<Taps> = vec![];
         for net in &self.nets {
-            for j in 0..net.channels().len() - 1 {
+            for j in 0..net.n_stages() {
                 let t = net.stage_taps(j);
                 if !sets.contains(&t) {
                     sets.push(t);
@@ -740,11 +772,7 @@ pub mod reference {
         let v = mask.len();
         // A plain net's output gradient is taken through its final activation here; a
         // combinational net's goes to its last stage's mean, which applies it per branch.
-        let out_act = if net.combi() {
-            Act::None
-        } else {
-            net.final_act()
-        };
+        let out_act = net.output_act();
         let (gx_direct, mut g) = match net.coupling {
             CouplingKind::Affine => {
                 coupling::backward(&f.x[l], &f.st[l], &mask, gy, glogq, out_act)

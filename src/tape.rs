@@ -498,7 +498,6 @@ impl Buffers {
             let net = &flow.nets[l];
             let nb = b * net.coupling.net_batch_factor();
             let z2 = net.coupling == CouplingKind::AffineZ2;
-            let stages = net.channels().len() - 1;
             Ok(Activations {
                 whole: None,
                 convs: (net.stages().enumerate())
@@ -506,7 +505,7 @@ impl Buffers {
                     .collect::<Result<_>>()?,
                 // The branches' outputs, where the backward reads them.
                 branches: if net.combi() && net.combi_act == CombiAct::Branch && train {
-                    (0..stages)
+                    (0..net.n_stages())
                         .map(|j| {
                             let len = combi_spec(spec, l, j).span();
                             pl.f32(format!("{name}[{j}] branches"), len)
@@ -604,7 +603,7 @@ impl Buffers {
                                 ghb_len[j] = ghb_len[j].max(len);
                             }
                         }
-                        for j in 0..net.channels().len() - 1 {
+                        for j in 0..net.n_stages() {
                             partial_len = partial_len.max(conv_spec(gpu, spec, l, j).partial_len());
                         }
                     }
@@ -707,13 +706,7 @@ fn wire_per_kernel(
     let acts = &buf.acts[l];
     let hs = &acts.convs;
     let z2 = net.coupling == CouplingKind::AffineZ2;
-    // The net's output activation is differentiated by the coupling (or the z2 combine) for
-    // a plain net, and by the last stage's mean for a combinational one.
-    let out_act = if net.combi() {
-        Act::None
-    } else {
-        net.final_act()
-    };
+    let out_act = net.output_act();
     let zspec = Z2Spec {
         batch: spec.batch,
         volume: spec.flow.lattice.volume(),

@@ -8,7 +8,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::flow::{Combi, CombiAct, FlowSpec, PARAM_ALIGN, Taps};
-use gomaflow_wgpu::kernels::combi::{CombiSpec, Mean, branch_stride, reference};
+use gomaflow_wgpu::kernels::combi::{CombiSpec, Mean, reference, row_stride};
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference as conv_ref,
 };
@@ -53,7 +53,7 @@ fn stage(c: &Stage, seed: u64) {
     let (n_in, n_out) = (batch * c.cin * v, batch * c.cout * v);
     // Under "last" the branches share one gradient row and keep no outputs (stride 0).
     let after = c.mode == CombiAct::Branch;
-    let stride = |n: usize| if after { branch_stride(n) } else { 0 };
+    let stride = |n: usize| row_stride(n, c.mode);
     let (s_in, s_out) = (stride(n_in), stride(n_out));
     let label = format!(
         "combi stage {}C{} L={} {}->{} {:?} {:?} {:?}",
@@ -394,9 +394,10 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
     let y = rounded(&reference::forward(&hb, mode, act));
     let gy = rounded(&uniform(&mut r, n, -1.0, 1.0));
     // Under Last the kernel reads y and writes one row shared by every branch.
-    let mut flat = vec![7.0; branches * branch_stride(n)];
+    let padded = row_stride(n, CombiAct::Branch);
+    let mut flat = vec![7.0; branches * padded];
     for (b, h) in hb.iter().enumerate() {
-        let at = b * branch_stride(n);
+        let at = b * padded;
         flat[at..at + n].copy_from_slice(h);
     }
     let (bhb, by, bgy, bghb) = (

@@ -249,18 +249,21 @@ impl Gpu {
                 }
             }
         });
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("unused uniform"),
+        // 16-byte placeholders for bindings a kernel does not use.
+        let placeholder = |label: &str, usage: Usage| GpuBuffer {
+            buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            }),
+            label: label.into(),
             size: 16,
-            usage: Usage::UNIFORM | Usage::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let dummy_storage = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("unused storage"),
-            size: 16,
-            usage: Usage::STORAGE,
-            mapped_at_creation: false,
-        });
+            usage,
+            range: None,
+        };
+        let dummy_uniform = placeholder("unused uniform", Usage::UNIFORM | Usage::COPY_DST);
+        let dummy_storage = placeholder("unused storage", Usage::STORAGE);
         Ok(Gpu {
             adapter,
             device,
@@ -268,20 +271,8 @@ impl Gpu {
             info,
             limits,
             pipelines: Mutex::new(HashMap::new()),
-            dummy_uniform: GpuBuffer {
-                buffer: dummy,
-                label: "unused uniform".into(),
-                size: 16,
-                usage: Usage::UNIFORM | Usage::COPY_DST,
-                range: None,
-            },
-            dummy_storage: GpuBuffer {
-                buffer: dummy_storage,
-                label: "unused storage".into(),
-                size: 16,
-                usage: Usage::STORAGE,
-                range: None,
-            },
+            dummy_uniform,
+            dummy_storage,
             error,
         })
     }

@@ -10,10 +10,14 @@ use anyhow::Result;
 
 const WG: u32 = 64;
 
-/// Floats between two branches' rows in the branch buffers: one branch's output padded to 256
-/// bytes, so that each row may be bound alone (WebGPU's storage offset alignment).
-pub fn branch_stride(n: usize) -> usize {
-    n.div_ceil(64) * 64
+/// Floats between two branches' rows (of outputs or gradients) of `n` floats each: a row
+/// padded to 256 bytes (WebGPU's storage offset alignment); 0 under `CombiAct::Last`, whose
+/// branches share one gradient row (dL/dy act'(y) / branches) and keep no outputs.
+pub fn row_stride(n: usize, mode: CombiAct) -> usize {
+    match mode {
+        CombiAct::Branch => n.div_ceil(64) * 64,
+        CombiAct::Last => 0,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -32,13 +36,9 @@ impl CombiSpec {
     pub fn n(&self) -> usize {
         self.rows * self.volume
     }
-    /// Floats between two branches' rows. Under `CombiAct::Last` every branch's gradient is
-    /// the same (dL/dy act'(y) / branches): one row serves all, stride 0.
+    /// Floats between two branches' rows (`row_stride`).
     pub fn stride(&self) -> usize {
-        match self.mode {
-            CombiAct::Branch => branch_stride(self.n()),
-            CombiAct::Last => 0,
-        }
+        row_stride(self.n(), self.mode)
     }
     /// Floats of a [branches, stride] buffer (the last row unpadded).
     pub fn span(&self) -> usize {

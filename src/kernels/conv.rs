@@ -1,7 +1,7 @@
 //! Periodic convolution (`shaders/conv.wgsl`): forward with fused bias and activation, backward
 //! to the input (with a fused epilogue), backward to weights and bias (two deterministic stages).
 
-use super::combi::branch_stride;
+use super::combi::row_stride;
 use super::tiling::ConvTiling;
 use super::{Act, LatticeBuffers};
 use crate::flow::{CombiAct, Taps};
@@ -49,7 +49,7 @@ pub enum InputGrad {
     AddMasked,
     /// The input is the mean of a combinational stage with this activation (`ConvSpec::
     /// branches` of them, combined as `ConvSpec::combi_act`): gx gets each of its branches'
-    /// pre-activation gradients, row b at b * branch_stride, from `ConvGrads::hb_in`.
+    /// pre-activation gradients, row b at b * `combi::row_stride`, from `ConvGrads::hb_in`.
     ToBranches(Act),
 }
 
@@ -89,10 +89,10 @@ impl ConvSpec {
     }
 
     fn rows_stride(&self, channels: usize) -> usize {
-        match self.combi_act {
-            CombiAct::Branch => branch_stride(self.dims.batch * channels * self.dims.volume),
-            CombiAct::Last => 0,
-        }
+        row_stride(
+            self.dims.batch * channels * self.dims.volume,
+            self.combi_act,
+        )
     }
 
     /// The span of the branches' parameters in the flat buffer (padding between included).
