@@ -7,15 +7,20 @@
 // also stores every convolution's output for the backward.
 // backward (below): the layer's gradients for a chunk of samples per workgroup, then `reduce`.
 // A symmetrised coupling (Z2 = 1, as z2.wgsl's mirror and combine) runs the net twice per
-// sample, on mask * x (branch 0) and on -mask * x (branch 1), and couples with
+// sample, on mask * x (copy 0) and on -mask * x (copy 1), and couples with
 // s = (s0 + s1) / 2, t = (t0 - t1) / 2; its activations in `h` are those of a net batch of 2B,
-// branch 1 of sample b at row B + b (the per-kernel path's layout).
+// copy 1 of sample b at row B + b (the per-kernel path's layout).
 //
-// Conventions as conv.wgsl: neighbours from nbr[site * TAPS + t]; weights [COUT, CIN, TAPS]
-// then bias [COUT] per convolution, read through the uniform binding `wu` (the layer's slice
-// of the parameter buffer). The constants are specialised by the launcher.
+// A combinational net (BR > 1, as conv.wgsl's): every stage is BR branches (index c), each
+// with its own taps and weights, and the stage's output is their mean.
+//
+// Conventions as conv.wgsl: neighbours from nbr[(site * BR + c) * TAPS + t]; weights
+// [COUT, CIN, TAPS] then bias [COUT] per convolution (per branch), read through the uniform
+// binding `wu` (the layer's slice of the parameter buffer). The constants are specialised by
+// the launcher.
 
-// Sites of the lattice, taps of the kernel window, hidden width, hidden convolutions.
+// Sites of the lattice, taps of the kernel window (of each branch), hidden width, hidden
+// convolutions.
 const V: u32 = 64u;
 const TAPS: u32 = 9u;
 const HID: u32 = 8u;
@@ -35,7 +40,7 @@ const TPT: u32 = 1u;
 const ROWS: u32 = TAPS / TPT;
 // 1: write each convolution's output to `h` for the backward.
 const TRAIN: u32 = 0u;
-// 1: a symmetrised (odd) coupling: branches 0 and 1 above.
+// 1: a symmetrised (odd) coupling: copies 0 and 1 above.
 const Z2: u32 = 0u;
 // vec4s of the layer's parameter slice, and where (in floats) its convolutions start in it.
 const WLEN: u32 = 240u;
@@ -48,6 +53,22 @@ const HLEN: u32 = 1024u;
 // Backward: floats of the layer's parameter slice from its first weight to its last bias
 // (padding between convolutions included: its gradient stays 0).
 const WSPAN: u32 = 914u;
+// Combinational nets: branches per stage (1: a plain net); the floats between two branches'
+// parameter slices in the first, the hidden and the last stage; where the mean is taken (1:
+// after each branch's activation, GomalizingFlow's "branch"; 0: before the stage's one).
+const BR: u32 = 1u;
+const WS0: u32 = 0u;
+const WSM: u32 = 0u;
+const WSO: u32 = 0u;
+const AFTER: u32 = 1u;
+const INV: f32 = 1.0 / f32(BR);
+// 1: training keeps every branch's activated output in `h` after the stages' (BR > 1,
+// AFTER = 1), whose derivative the backward needs: hidden stage m's branch c at
+// hb_hidden(m, c), the last stage's at hb_last(c), each [net batch, channels, V].
+const KEEP: u32 = 0u;
+// Backward: floats of workgroup memory for one branch's pre-activation gradient (max(HID, 2)
+// V where BR > 1; 1 otherwise).
+const GB: u32 = 1u;
 
 struct Params {
     batch: u32,
@@ -61,7 +82,8 @@ struct Params {
     chunk: u32,
     n_chunks: u32,
     w_first: u32,
-    _pad: u32,
+    // KEEP = 1: where the branches' outputs start in `h`.
+    hb_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -82,11 +104,50 @@ struct Params {
 
 // The sample's activations: hidden outputs alternate between [0, HID V) and [HID V, 2 HID V).
 var<workgroup> act: array<f32, HLEN>;
-// A symmetrised layer: branch 0's (s, t), until branch 1 combines them.
+// A symmetrised layer: copy 0's (s, t), until copy 1 combines them.
 var<workgroup> st0: array<f32, 2u * V * Z2 + 1u>;
 
 fn weight(i: u32) -> f32 {
     return wu[i >> 2u][i & 3u];
+}
+
+// Branch outputs as their stage's mean adds them: activated where the mean is taken after the
+// activation; a plain net's one convolution stays raw until `stage_out`.
+fn branch_out(v: f32, a: u32) -> f32 {
+    if BR > 1u && AFTER == 1u {
+        return activate(v, a);
+    }
+    return v;
+}
+
+// A stage's output from the sum of its branches' `branch_out`.
+fn stage_out(sum: f32, a: u32) -> f32 {
+    if BR == 1u {
+        return activate(sum, a);
+    }
+    if AFTER == 1u {
+        return sum * INV;
+    }
+    return activate(sum * INV, a);
+}
+
+// The factor a stage's output gradient takes on its way back through the stage's activation:
+// act' of the output, except where each branch is activated (each branch's own act' comes
+// with its gradient, `conv_backward`).
+fn out_grad(y: f32, a: u32) -> f32 {
+    if BR > 1u && AFTER == 1u {
+        return 1.0;
+    }
+    return activate_grad(y, a);
+}
+
+// Where `h` keeps hidden stage m's branch c and the last stage's branch c (`KEEP`).
+fn hb_hidden(m: u32, c: u32) -> u32 {
+    return p.hb_off + (m * BR + c) * (p.batch * (1u + Z2) * HID * V);
+}
+fn hb_last(c: u32) -> u32 {
+    let rows = p.batch * (1u + Z2);
+    return p.hb_off + NHID * BR * rows * HID * V + c * rows * 2u * V;
 }
 
 // The sites of thread `lid` in pass `s0`; past the lattice they repeat its last site (computed,
@@ -105,7 +166,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let xrow = b * V;
     var part = 0.0;
     for (var br = 0u; br <= Z2; br++) {
-        // The net's sample (its batch row) and the sign of its input: x, or -x in branch 1.
+        // The net's sample (its batch row) and the sign of its input: x, or -x in copy 1.
         let nb = b + br * p.batch;
         let sign = 1.0 - 2.0 * f32(br);
 
@@ -113,22 +174,41 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         for (var s0 = lid; s0 < V; s0 += WG * SPT) {
             let st = sites(s0);
             var acc: array<f32, SPT * HID>;
-            for (var co = 0u; co < HID; co++) {
-                let bias = weight(HID * TAPS + co);
-                for (var k = 0u; k < SPT; k++) {
-                    acc[k * HID + co] = bias;
-                }
-            }
-            for (var t = 0u; t < TAPS; t++) {
-                var v: array<f32, SPT>;
-                for (var k = 0u; k < SPT; k++) {
-                    let n = nbr[st[k] * TAPS + t];
-                    v[k] = sign * (f32(parity_tbl[n] ^ p.parity) * x[xrow + n]);
-                }
+            // The sum of the stage's branches (a plain net: the one convolution).
+            var sum: array<f32, SPT * HID>;
+            for (var c = 0u; c < BR; c++) {
+                let wb = c * WS0;
                 for (var co = 0u; co < HID; co++) {
-                    let w = weight(co * TAPS + t);
+                    let bias = weight(wb + HID * TAPS + co);
                     for (var k = 0u; k < SPT; k++) {
-                        acc[k * HID + co] = fma(w, v[k], acc[k * HID + co]);
+                        acc[k * HID + co] = bias;
+                    }
+                }
+                for (var t = 0u; t < TAPS; t++) {
+                    var v: array<f32, SPT>;
+                    for (var k = 0u; k < SPT; k++) {
+                        let n = nbr[(st[k] * BR + c) * TAPS + t];
+                        v[k] = sign * (f32(parity_tbl[n] ^ p.parity) * x[xrow + n]);
+                    }
+                    for (var co = 0u; co < HID; co++) {
+                        let w = weight(wb + co * TAPS + t);
+                        for (var k = 0u; k < SPT; k++) {
+                            acc[k * HID + co] = fma(w, v[k], acc[k * HID + co]);
+                        }
+                    }
+                }
+                for (var k = 0u; k < SPT; k++) {
+                    let s = s0 + k * WG;
+                    for (var co = 0u; co < HID; co++) {
+                        let o = branch_out(acc[k * HID + co], ACT_LEAKY);
+                        if c == 0u {
+                            sum[k * HID + co] = o;
+                        } else {
+                            sum[k * HID + co] += o;
+                        }
+                        if KEEP == 1u && s < V {
+                            h[hb_hidden(0u, c) + (nb * HID + co) * V + s] = o;
+                        }
                     }
                 }
             }
@@ -136,7 +216,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 let s = s0 + k * WG;
                 if s < V {
                     for (var co = 0u; co < HID; co++) {
-                        let a = activate(acc[k * HID + co], ACT_LEAKY);
+                        let a = stage_out(sum[k * HID + co], ACT_LEAKY);
                         act[co * V + s] = a;
                         if TRAIN == 1u {
                             h[(nb * HID + co) * V + s] = a;
@@ -156,27 +236,45 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             for (var s0 = lid; s0 < V; s0 += WG * SPT) {
                 let st = sites(s0);
                 var acc: array<f32, SPT * HID>;
-                for (var co = 0u; co < HID; co++) {
-                    let bias = weight(wo + HID * HID * TAPS + co);
-                    for (var k = 0u; k < SPT; k++) {
-                        acc[k * HID + co] = bias;
-                    }
-                }
-                for (var t = 0u; t < TAPS; t++) {
-                    var n: array<u32, SPT>;
-                    for (var k = 0u; k < SPT; k++) {
-                        n[k] = src + nbr[st[k] * TAPS + t];
-                    }
-                    for (var ci = 0u; ci < HID; ci++) {
-                        var v: array<f32, SPT>;
+                var sum: array<f32, SPT * HID>;
+                for (var c = 0u; c < BR; c++) {
+                    let wb = wo + c * WSM;
+                    for (var co = 0u; co < HID; co++) {
+                        let bias = weight(wb + HID * HID * TAPS + co);
                         for (var k = 0u; k < SPT; k++) {
-                            v[k] = act[n[k] + ci * V];
+                            acc[k * HID + co] = bias;
                         }
-                        let w = wo + ci * TAPS + t;
-                        for (var co = 0u; co < HID; co++) {
-                            let wv = weight(w + co * (HID * TAPS));
+                    }
+                    for (var t = 0u; t < TAPS; t++) {
+                        var n: array<u32, SPT>;
+                        for (var k = 0u; k < SPT; k++) {
+                            n[k] = src + nbr[(st[k] * BR + c) * TAPS + t];
+                        }
+                        for (var ci = 0u; ci < HID; ci++) {
+                            var v: array<f32, SPT>;
                             for (var k = 0u; k < SPT; k++) {
-                                acc[k * HID + co] = fma(wv, v[k], acc[k * HID + co]);
+                                v[k] = act[n[k] + ci * V];
+                            }
+                            let w = wb + ci * TAPS + t;
+                            for (var co = 0u; co < HID; co++) {
+                                let wv = weight(w + co * (HID * TAPS));
+                                for (var k = 0u; k < SPT; k++) {
+                                    acc[k * HID + co] = fma(wv, v[k], acc[k * HID + co]);
+                                }
+                            }
+                        }
+                    }
+                    for (var k = 0u; k < SPT; k++) {
+                        let s = s0 + k * WG;
+                        for (var co = 0u; co < HID; co++) {
+                            let o = branch_out(acc[k * HID + co], ACT_LEAKY);
+                            if c == 0u {
+                                sum[k * HID + co] = o;
+                            } else {
+                                sum[k * HID + co] += o;
+                            }
+                            if KEEP == 1u && s < V {
+                                h[hb_hidden(m + 1u, c) + (nb * HID + co) * V + s] = o;
                             }
                         }
                     }
@@ -185,7 +283,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                     let s = s0 + k * WG;
                     if s < V {
                         for (var co = 0u; co < HID; co++) {
-                            let a = activate(acc[k * HID + co], ACT_LEAKY);
+                            let a = stage_out(sum[k * HID + co], ACT_LEAKY);
                             act[dst + co * V + s] = a;
                             if TRAIN == 1u {
                                 h[(m + 1u) * p.h_stride + (nb * HID + co) * V + s] = a;
@@ -204,31 +302,52 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             let st = sites(s0);
             var sv: array<f32, SPT>;
             var tv: array<f32, SPT>;
-            for (var k = 0u; k < SPT; k++) {
-                sv[k] = weight(W_OUT + 2u * HID * TAPS);
-                tv[k] = weight(W_OUT + 2u * HID * TAPS + 1u);
-            }
-            for (var t = 0u; t < TAPS; t++) {
-                var n: array<u32, SPT>;
+            var ssum: array<f32, SPT>;
+            var tsum: array<f32, SPT>;
+            for (var c = 0u; c < BR; c++) {
+                let wb = W_OUT + c * WSO;
                 for (var k = 0u; k < SPT; k++) {
-                    n[k] = src + nbr[st[k] * TAPS + t];
+                    sv[k] = weight(wb + 2u * HID * TAPS);
+                    tv[k] = weight(wb + 2u * HID * TAPS + 1u);
                 }
-                for (var ci = 0u; ci < HID; ci++) {
-                    let w = W_OUT + ci * TAPS + t;
-                    let ws = weight(w);
-                    let wt = weight(w + HID * TAPS);
+                for (var t = 0u; t < TAPS; t++) {
+                    var n: array<u32, SPT>;
                     for (var k = 0u; k < SPT; k++) {
-                        let v = act[n[k] + ci * V];
-                        sv[k] = fma(ws, v, sv[k]);
-                        tv[k] = fma(wt, v, tv[k]);
+                        n[k] = src + nbr[(st[k] * BR + c) * TAPS + t];
+                    }
+                    for (var ci = 0u; ci < HID; ci++) {
+                        let w = wb + ci * TAPS + t;
+                        let ws = weight(w);
+                        let wt = weight(w + HID * TAPS);
+                        for (var k = 0u; k < SPT; k++) {
+                            let v = act[n[k] + ci * V];
+                            sv[k] = fma(ws, v, sv[k]);
+                            tv[k] = fma(wt, v, tv[k]);
+                        }
+                    }
+                }
+                for (var k = 0u; k < SPT; k++) {
+                    let s = s0 + k * WG;
+                    let so = branch_out(sv[k], ACT_OUT);
+                    let to = branch_out(tv[k], ACT_OUT);
+                    if c == 0u {
+                        ssum[k] = so;
+                        tsum[k] = to;
+                    } else {
+                        ssum[k] += so;
+                        tsum[k] += to;
+                    }
+                    if KEEP == 1u && s < V {
+                        h[hb_last(c) + 2u * nb * V + s] = so;
+                        h[hb_last(c) + 2u * nb * V + V + s] = to;
                     }
                 }
             }
             for (var k = 0u; k < SPT; k++) {
                 let s = s0 + k * WG;
                 if s < V {
-                    var sa = activate(sv[k], ACT_OUT);
-                    var ta = activate(tv[k], ACT_OUT);
+                    var sa = stage_out(ssum[k], ACT_OUT);
+                    var ta = stage_out(tsum[k], ACT_OUT);
                     if TRAIN == 1u {
                         h[p.st_off + 2u * nb * V + s] = sa;
                         h[p.st_off + 2u * nb * V + V + s] = ta;
@@ -252,7 +371,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 }
             }
         }
-        // Branch 1's first convolution overwrites what branch 0's last one read.
+        // Copy 1's first convolution overwrites what copy 0's last one read.
         if br < Z2 {
             workgroupBarrier();
         }
@@ -265,99 +384,146 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 
 // ---- Backward ----
 // One workgroup per chunk of samples, one sample at a time. Per sample, from the output back:
-// the coupling's gradients (direct dL/dx into gxd, the last convolution's pre-activation
-// gradient into gact[HLEN..]), then each convolution's weight gradient (summed over sites, added
-// into wacc) and input gradient (times the derivative of the activation below, into the other
-// half of gact), down to the first convolution, whose input gradient completes dL/dx. The
-// activations come from `h`, where the forward left them. After the last sample, wacc (the
+// the coupling's gradients (direct dL/dx into gxd, the last convolution's output gradient into
+// gact[HLEN..]), then each convolution's weight gradient (summed over sites, added into wacc)
+// and input gradient (times the derivative of the activation below, into the other half of
+// gact), down to the first convolution, whose input gradient completes dL/dx. The activations
+// come from `h`, where the forward left them. After the last sample, wacc (the
 // layer's parameter slice) goes to `partial`; `reduce` adds the chunks in a fixed order.
 // gact: hidden outputs' gradients in [0, HID V) and [HID V, 2 HID V) as `act` in the forward,
-// then the last convolution's output gradient (s, t) at HLEN.
-var<workgroup> gact: array<f32, HLEN + 2 * V>;
+// then the last convolution's output gradient (s, t) at HLEN, then (BR > 1) one branch's
+// pre-activation gradient at GOFF. A plain net's gradients there are pre-activation ones; a
+// combinational net's are its stages' output gradients times `out_grad`, each branch taking
+// its share (1 / BR, times its own act' where AFTER = 1) in `conv_backward`.
+const GOFF: u32 = HLEN + 2u * V;
+var<workgroup> gact: array<f32, HLEN + 2u * V + GB>;
 var<workgroup> gxd: array<f32, V>;
 var<workgroup> wacc: array<f32, WSPAN>;
 
-// The backward of one convolution HID -> cout of the net (not the first), for the current
-// sample: its output's pre-activation gradient is gact[gsrc + co V + s], its input the hidden
-// output h[hin + ci V + s], its weights (and their gradients in wacc) start at wo. Adds its
-// weight and bias gradients into wacc and writes its input's pre-activation gradient
-// (dL/dinput times LeakyReLU') to gact[gdst + ci V + s]. (ci0, r0): this thread's first
-// weight-gradient pair. Called only with constant cout (2 or HID), so its loops can unroll.
-fn conv_backward(lid: u32, ci0: u32, r0: u32, cout: u32, gsrc: u32, hin: u32, gdst: u32, wo: u32) {
-    // Weight gradients: pairs (input channel, row of TPT taps), cout output channels each.
-    var ci = ci0;
-    var r = r0;
-    for (var k = lid; k < HID * ROWS; k += WG) {
-        var acc: array<f32, TPT * HID>;
-        for (var i = 0u; i < TPT * HID; i++) {
-            acc[i] = 0.0;
-        }
-        let row = hin + ci * V;
-        let t0 = r * TPT;
-        for (var s = 0u; s < V; s++) {
-            var v: array<f32, TPT>;
-            for (var j = 0u; j < TPT; j++) {
-                v[j] = h[row + nbr[s * TAPS + t0 + j]];
+// The backward of one stage of the net, HID -> cout, for the current sample: its output's
+// gradient is gact[gsrc + co V + s], its input the hidden output h[hin + ci V + s], its
+// weights (and their gradients in wacc) start at wo, branch c's wstride further. Branch c's
+// pre-activation gradient (BR > 1) goes to gact[GOFF..], from its output h[hbo + c hbs +
+// co V + s] (activation `a`). Adds the weight and bias gradients into wacc and writes the input's
+// gradient (dL/dinput times `out_grad` of the stage below) to gact[gdst + ci V + s]. (ci0,
+// r0): this thread's first weight-gradient pair. Called only with constant cout (2 or HID), so
+// its loops can unroll.
+fn conv_backward(
+    lid: u32,
+    ci0: u32,
+    r0: u32,
+    cout: u32,
+    gsrc: u32,
+    hin: u32,
+    gdst: u32,
+    wo: u32,
+    wstride: u32,
+    hbo: u32,
+    hbs: u32,
+    a: u32,
+) {
+    // Where this branch's pre-activation gradient is.
+    let g0 = select(gsrc, GOFF, BR > 1u);
+    for (var c = 0u; c < BR; c++) {
+        let wb = wo + c * wstride;
+        if BR > 1u {
+            for (var i = lid; i < cout * V; i += WG) {
+                var g = gact[gsrc + i] * INV;
+                if AFTER == 1u {
+                    g *= activate_grad(h[hbo + c * hbs + i], a);
+                }
+                gact[GOFF + i] = g;
             }
-            for (var co = 0u; co < cout; co++) {
-                let g = gact[gsrc + co * V + s];
+            workgroupBarrier();
+        }
+        // Weight gradients: pairs (input channel, row of TPT taps), cout output channels each.
+        var ci = ci0;
+        var r = r0;
+        for (var k = lid; k < HID * ROWS; k += WG) {
+            var acc: array<f32, TPT * HID>;
+            for (var i = 0u; i < TPT * HID; i++) {
+                acc[i] = 0.0;
+            }
+            let row = hin + ci * V;
+            let t0 = r * TPT;
+            for (var s = 0u; s < V; s++) {
+                var v: array<f32, TPT>;
                 for (var j = 0u; j < TPT; j++) {
-                    acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                    v[j] = h[row + nbr[(s * BR + c) * TAPS + t0 + j]];
                 }
-            }
-        }
-        for (var co = 0u; co < cout; co++) {
-            for (var j = 0u; j < TPT; j++) {
-                wacc[wo + (co * HID + ci) * TAPS + t0 + j] += acc[co * TPT + j];
-            }
-        }
-        r += WG;
-        while r >= ROWS {
-            r -= ROWS;
-            ci += 1u;
-        }
-    }
-    for (var co = lid; co < cout; co += WG) {
-        var sb = 0.0;
-        for (var s = 0u; s < V; s++) {
-            sb += gact[gsrc + co * V + s];
-        }
-        wacc[wo + cout * HID * TAPS + co] += sb;
-    }
-    // The input gradient, SPT sites per thread.
-    for (var s0 = lid; s0 < V; s0 += WG * SPT) {
-        let st = sites(s0);
-        var acc: array<f32, SPT * HID>;
-        for (var i = 0u; i < SPT * HID; i++) {
-            acc[i] = 0.0;
-        }
-        for (var t = 0u; t < TAPS; t++) {
-            var n: array<u32, SPT>;
-            for (var k = 0u; k < SPT; k++) {
-                n[k] = gsrc + nbr[st[k] * TAPS + TAPS - 1u - t];
+                for (var co = 0u; co < cout; co++) {
+                    let g = gact[g0 + co * V + s];
+                    for (var j = 0u; j < TPT; j++) {
+                        acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+                    }
+                }
             }
             for (var co = 0u; co < cout; co++) {
-                var g: array<f32, SPT>;
-                for (var k = 0u; k < SPT; k++) {
-                    g[k] = gact[n[k] + co * V];
+                for (var j = 0u; j < TPT; j++) {
+                    wacc[wb + (co * HID + ci) * TAPS + t0 + j] += acc[co * TPT + j];
                 }
-                let w = wo + co * (HID * TAPS) + t;
-                for (var ci = 0u; ci < HID; ci++) {
-                    let wv = weight(w + ci * TAPS);
+            }
+            r += WG;
+            while r >= ROWS {
+                r -= ROWS;
+                ci += 1u;
+            }
+        }
+        for (var co = lid; co < cout; co += WG) {
+            var sb = 0.0;
+            for (var s = 0u; s < V; s++) {
+                sb += gact[g0 + co * V + s];
+            }
+            wacc[wb + cout * HID * TAPS + co] += sb;
+        }
+        // The input gradient, SPT sites per thread; the branches' add up in gact[gdst..] (each
+        // thread keeps its sites), the last one applies the stage below's `out_grad`.
+        for (var s0 = lid; s0 < V; s0 += WG * SPT) {
+            let st = sites(s0);
+            var acc: array<f32, SPT * HID>;
+            for (var i = 0u; i < SPT * HID; i++) {
+                acc[i] = 0.0;
+            }
+            for (var t = 0u; t < TAPS; t++) {
+                var n: array<u32, SPT>;
+                for (var k = 0u; k < SPT; k++) {
+                    n[k] = g0 + nbr[(st[k] * BR + c) * TAPS + TAPS - 1u - t];
+                }
+                for (var co = 0u; co < cout; co++) {
+                    var g: array<f32, SPT>;
                     for (var k = 0u; k < SPT; k++) {
-                        acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
+                        g[k] = gact[n[k] + co * V];
+                    }
+                    let w = wb + co * (HID * TAPS) + t;
+                    for (var ci = 0u; ci < HID; ci++) {
+                        let wv = weight(w + ci * TAPS);
+                        for (var k = 0u; k < SPT; k++) {
+                            acc[k * HID + ci] = fma(wv, g[k], acc[k * HID + ci]);
+                        }
+                    }
+                }
+            }
+            for (var k = 0u; k < SPT; k++) {
+                let s = s0 + k * WG;
+                if s < V {
+                    for (var ci = 0u; ci < HID; ci++) {
+                        let i = gdst + ci * V + s;
+                        var tot = acc[k * HID + ci];
+                        if c > 0u {
+                            tot = gact[i] + tot;
+                        }
+                        if c + 1u < BR {
+                            gact[i] = tot;
+                        } else {
+                            gact[i] = tot * out_grad(h[hin + ci * V + s], ACT_LEAKY);
+                        }
                     }
                 }
             }
         }
-        for (var k = 0u; k < SPT; k++) {
-            let s = s0 + k * WG;
-            if s < V {
-                for (var ci = 0u; ci < HID; ci++) {
-                    let a = h[hin + ci * V + s];
-                    gact[gdst + ci * V + s] = acc[k * HID + ci] * activate_grad(a, ACT_LEAKY);
-                }
-            }
+        // The next branch overwrites this one's gradient.
+        if BR > 1u {
+            workgroupBarrier();
         }
     }
 }
@@ -376,13 +542,13 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     for (var b = b0; b < b1; b++) {
         let xrow = b * V;
         let gl = glogq[b];
-        // A symmetrised layer: branch 0, then branch 1 (their net rows b and B + b).
+        // A symmetrised layer: copy 0, then copy 1 (their net rows b and B + b).
         for (var br = 0u; br <= Z2; br++) {
             let nb = b + br * p.batch;
             let sign = 1.0 - 2.0 * f32(br);
             // The coupling: dx = dy (frozen) or dy exp(s); ds = (dy x exp(s) - dL/dlog q) act'(s),
             // dt = dy act'(t) on the updated sites, 0 on the frozen ones. Symmetrised: s and t are
-            // the branches' combination, and branch br's outputs get ds / 2 and +-dt / 2 times act'.
+            // the copies' combination, and copy br's outputs get ds / 2 and +-dt / 2 times act'.
             for (var s = lid; s < V; s += WG) {
                 let dy = gy[xrow + s];
                 if (parity_tbl[s] ^ p.parity) == 1u {
@@ -396,8 +562,8 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     let tv = h[p.st_off + 2u * xrow + V + s];
                     let e = exp(sv);
                     gxd[s] = dy * e;
-                    gact[HLEN + s] = (dy * x[xrow + s] * e - gl) * activate_grad(sv, ACT_OUT);
-                    gact[HLEN + V + s] = dy * activate_grad(tv, ACT_OUT);
+                    gact[HLEN + s] = (dy * x[xrow + s] * e - gl) * out_grad(sv, ACT_OUT);
+                    gact[HLEN + V + s] = dy * out_grad(tv, ACT_OUT);
                 } else {
                     let u0 = p.st_off + 2u * xrow + s;
                     let u1 = p.st_off + 2u * (xrow + p.batch * V) + s;
@@ -406,8 +572,8 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                         gxd[s] = dy * e;
                     }
                     let u = p.st_off + 2u * nb * V + s;
-                    gact[HLEN + s] = 0.5 * (dy * x[xrow + s] * e - gl) * activate_grad(h[u], ACT_OUT);
-                    gact[HLEN + V + s] = sign * (0.5 * dy) * activate_grad(h[u + V], ACT_OUT);
+                    gact[HLEN + s] = 0.5 * (dy * x[xrow + s] * e - gl) * out_grad(h[u], ACT_OUT);
+                    gact[HLEN + V + s] = sign * (0.5 * dy) * out_grad(h[u + V], ACT_OUT);
                 }
             }
             workgroupBarrier();
@@ -423,6 +589,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                 (NHID - 1u) * p.h_stride + nb * HID * V,
                 ((NHID - 1u) & 1u) * (HID * V),
                 W_OUT,
+                WSO,
+                hb_last(0u) + 2u * nb * V,
+                hb_last(1u) - hb_last(0u),
+                ACT_OUT,
             );
             workgroupBarrier();
 
@@ -441,12 +611,29 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     m * p.h_stride + nb * HID * V,
                     HID * V - gsrc,
                     W_MID + m * W_MID_STRIDE,
+                    WSM,
+                    hb_hidden(m + 1u, 0u) + nb * HID * V,
+                    hb_hidden(0u, 1u) - hb_hidden(0u, 0u),
+                    ACT_LEAKY,
                 );
                 workgroupBarrier();
             }
 
             // The first convolution, 1 -> HID, on mask * x; its output gradient is in half 0.
-            {
+            for (var c = 0u; c < BR; c++) {
+                let wb = c * WS0;
+                let g0 = select(0u, GOFF, BR > 1u);
+                if BR > 1u {
+                    let hbo = hb_hidden(0u, c) + nb * HID * V;
+                    for (var i = lid; i < HID * V; i += WG) {
+                        var g = gact[i] * INV;
+                        if AFTER == 1u {
+                            g *= activate_grad(h[hbo + i], ACT_LEAKY);
+                        }
+                        gact[GOFF + i] = g;
+                    }
+                    workgroupBarrier();
+                }
                 for (var r = lid; r < ROWS; r += WG) {
                     var acc: array<f32, TPT * HID>;
                     for (var i = 0u; i < TPT * HID; i++) {
@@ -456,11 +643,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     for (var s = 0u; s < V; s++) {
                         var v: array<f32, TPT>;
                         for (var j = 0u; j < TPT; j++) {
-                            let n = nbr[s * TAPS + t0 + j];
+                            let n = nbr[(s * BR + c) * TAPS + t0 + j];
                             v[j] = sign * (f32(parity_tbl[n] ^ p.parity) * x[xrow + n]);
                         }
                         for (var co = 0u; co < HID; co++) {
-                            let g = gact[co * V + s];
+                            let g = gact[g0 + co * V + s];
                             for (var j = 0u; j < TPT; j++) {
                                 acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
                             }
@@ -468,19 +655,20 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     }
                     for (var co = 0u; co < HID; co++) {
                         for (var j = 0u; j < TPT; j++) {
-                            wacc[co * TAPS + t0 + j] += acc[co * TPT + j];
+                            wacc[wb + co * TAPS + t0 + j] += acc[co * TPT + j];
                         }
                     }
                 }
                 for (var co = lid; co < HID; co += WG) {
                     var sb = 0.0;
                     for (var s = 0u; s < V; s++) {
-                        sb += gact[co * V + s];
+                        sb += gact[g0 + co * V + s];
                     }
-                    wacc[HID * TAPS + co] += sb;
+                    wacc[wb + HID * TAPS + co] += sb;
                 }
-                // dL/dx = the coupling's direct path + mask * the net's path (symmetrised: branch 0's
-                // path - branch 1's, the first added into gxd).
+                // dL/dx = the coupling's direct path + mask * the net's path (symmetrised: copy 0's
+                // path - copy 1's, the first added into gxd). The net's path adds up over the
+                // branches in gact[HLEN..] (free once the last convolution's backward is done).
                 for (var s0 = lid; s0 < V; s0 += WG * SPT) {
                     let st = sites(s0);
                     var acc: array<f32, SPT>;
@@ -490,19 +678,27 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     for (var t = 0u; t < TAPS; t++) {
                         var n: array<u32, SPT>;
                         for (var k = 0u; k < SPT; k++) {
-                            n[k] = nbr[st[k] * TAPS + TAPS - 1u - t];
+                            n[k] = nbr[(st[k] * BR + c) * TAPS + TAPS - 1u - t];
                         }
                         for (var co = 0u; co < HID; co++) {
-                            let wv = weight(co * TAPS + t);
+                            let wv = weight(wb + co * TAPS + t);
                             for (var k = 0u; k < SPT; k++) {
-                                acc[k] = fma(wv, gact[co * V + n[k]], acc[k]);
+                                acc[k] = fma(wv, gact[g0 + co * V + n[k]], acc[k]);
                             }
                         }
                     }
                     for (var k = 0u; k < SPT; k++) {
                         let s = s0 + k * WG;
                         if s < V {
-                            let net = sign * (f32(parity_tbl[s] ^ p.parity) * acc[k]);
+                            var tot = acc[k];
+                            if c > 0u {
+                                tot = gact[HLEN + s] + tot;
+                            }
+                            if c + 1u < BR {
+                                gact[HLEN + s] = tot;
+                                continue;
+                            }
+                            let net = sign * (f32(parity_tbl[s] ^ p.parity) * tot);
                             if br == Z2 {
                                 gx[xrow + s] = gxd[s] + net;
                             } else {
@@ -510,6 +706,9 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                             }
                         }
                     }
+                }
+                if BR > 1u {
+                    workgroupBarrier();
                 }
             }
             workgroupBarrier();

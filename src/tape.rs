@@ -342,13 +342,14 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec
         && params.usage.contains(Usage::UNIFORM)
         && ls.unfusable(gpu).is_none()
         && (!ls.train || (4 * h_len) as u64 <= max_binding);
-    // A symmetrised layer's per-kernel backward reads the combined (s, t) and [x; -x], which
-    // the whole-layer forward does not write: such a layer runs whole both ways or not at all.
-    let z2 = ls.net.coupling == CouplingKind::AffineZ2;
+    // A symmetrised layer's per-kernel backward reads the combined (s, t) and [x; -x], and a
+    // combinational one's its branches' outputs in its own layout, which the whole-layer
+    // forward does not write: such a layer runs whole both ways or not at all.
+    let own_layout = ls.net.coupling == CouplingKind::AffineZ2 || ls.net.combi();
     match (forward, ls.train && ls.backward_unfusable(gpu).is_some()) {
         (false, _) => Exec::PerKernel,
         (true, false) => Exec::Whole,
-        (true, true) if z2 => Exec::PerKernel,
+        (true, true) if own_layout => Exec::PerKernel,
         (true, true) => Exec::WholeForward,
     }
 }
@@ -531,6 +532,8 @@ impl Buffers {
                     let ch = flow.nets[l].channels();
                     let nb = b * flow.nets[l].coupling.net_batch_factor();
                     let (off, len) = activation_offsets(nb, v, &ch);
+                    // A combinational layer's branch outputs follow the stages'.
+                    let len = len + layer_spec(spec, l).branch_len();
                     let buf = pl.f32(format!("h[{l}]"), len)?;
                     Activations {
                         convs: (0..ch.len() - 1)

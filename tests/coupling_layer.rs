@@ -2,8 +2,8 @@
 //! shaders/coupling_layer.wgsl) against the f64 reference model (`flow::reference::forward`,
 //! built from the convolution and coupling references): y, log q and, in training, every
 //! convolution's output, for two consecutive layers (both checkerboard parities), Nd = 1..4,
-//! one to three hidden layers, both final activations, plain and symmetrised couplings, the GPU
-//! and the CPU-adapter tilings.
+//! one to three hidden layers, both final activations, plain and symmetrised couplings, plain
+//! and combinational nets (each branch's output too), the GPU and the CPU-adapter tilings.
 //! In training, the backward too: dL/dx of each layer and every weight gradient against
 //! `flow::reference::layer_backward`. Then whole tapes with and without the fusion against
 //! each other (tests/tape.rs checks whole training steps, fused and not, against the reference).
@@ -11,7 +11,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
-use gomaflow_wgpu::flow::{CouplingKind, FlowSpec, reference};
+use gomaflow_wgpu::flow::{Combi, CombiAct, CouplingKind, FlowSpec, reference};
 use gomaflow_wgpu::kernels::LatticeBuffers;
 use gomaflow_wgpu::kernels::coupling_layer::{
     CouplingLayer, CouplingLayerBuffers, CouplingLayerGrads, CouplingLayerSpec, activation_offsets,
@@ -47,13 +47,14 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
     let g = gpu();
     let v = f.lattice.volume();
     let label = format!(
-        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} z2={} train={train} gpu tiling {gpu_tiling}",
+        "coupling layer Nd={} L={} hidden {:?} k={} tanh={} z2={} combi {:?} train={train} gpu tiling {gpu_tiling}",
         f.lattice.nd,
         f.lattice.l,
         f.hidden,
         f.kernel_size,
         f.final_tanh,
-        f.z2()
+        f.z2(),
+        f.combi
     );
     let mut r = rng(seed);
     // Weights wider than PyTorch's initialisation, so the activations are not all small.
@@ -79,9 +80,6 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
     // The net's batch: twice the coupling's where it is symmetrised.
     let nb = batch * f.nets[0].coupling.net_batch_factor();
     let (offsets, h_len) = activation_offsets(nb, v, &channels);
-    let h: Vec<_> = (0..2)
-        .map(|l| g.storage(&format!("h{l}"), h_len).unwrap())
-        .collect();
     // Backward: dL/dphi (the output of layer 1) and dL/dlog q given; dL/dx of each layer's
     // input, the weight-gradient scratch and the gradient computed.
     let gy2 = rounded(&uniform(&mut r, batch * v, -1.0, 1.0));
@@ -101,6 +99,13 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
         gpu_tiling,
     };
     let partial = g.storage("partial", spec_of(0).partial_len(g)).unwrap();
+    // Every stage's output, then (a combinational layer averaging after the activation)
+    // every branch's.
+    let hb_len = spec_of(0).branch_len();
+    assert_eq!(spec_of(0).h_len(), h_len + hb_len);
+    let h: Vec<_> = (0..2)
+        .map(|l| g.storage(&format!("h{l}"), h_len + hb_len).unwrap())
+        .collect();
     let layers: Vec<CouplingLayer> = (0..2)
         .map(|l| {
             let spec = spec_of(l);
@@ -152,6 +157,17 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
                     &format!("{label} layer {l} conv {j} output"),
                     seg,
                     want_h,
+                    1e-5,
+                );
+            }
+            // Every branch's output, in the order of the net's blocks.
+            if hb_len > 0 {
+                let want_hb: Vec<f64> = want.hb[l].concat();
+                assert_eq!(want_hb.len(), hb_len, "{label}");
+                check(
+                    &format!("{label} layer {l} branches"),
+                    &got[h_len..],
+                    &want_hb,
                     1e-5,
                 );
             }
@@ -220,6 +236,74 @@ fn coupling_layer_other_dimensions() {
     run(&flow(4, 3, vec![2, 2], 3, true), 2, true, 7);
 }
 
+/// Combinational nets: every r-subset count of Nd = 2, 3, 4, the mean after the branches'
+/// activations and before the stage's, symmetrised, training and inference, both tilings.
+#[test]
+fn coupling_layer_combi() {
+    let combi = |f: FlowSpec, r, act| f.with_combi(Combi { r, act });
+    let (branch, last) = (CombiAct::Branch, CombiAct::Last);
+    run(
+        &combi(flow(2, 4, vec![3, 3], 3, true), 1, branch),
+        3,
+        true,
+        21,
+    );
+    run(
+        &combi(flow(2, 4, vec![3, 3], 3, true), 1, branch),
+        3,
+        false,
+        22,
+    );
+    run(&combi(flow(2, 6, vec![4], 5, false), 1, last), 2, true, 23);
+    // Three hidden layers: the hidden stages' branch strides; L 5, not a multiple of WG.
+    run(
+        &combi(flow(2, 5, vec![3, 3, 3], 3, true), 1, branch),
+        2,
+        true,
+        24,
+    );
+    run(
+        &combi(flow(3, 4, vec![4, 4], 3, true), 1, branch),
+        2,
+        true,
+        25,
+    );
+    run(
+        &combi(flow(3, 4, vec![2, 2], 3, true), 2, last),
+        2,
+        true,
+        26,
+    );
+    run(
+        &combi(flow(3, 3, vec![2, 2], 3, true), 2, branch),
+        2,
+        true,
+        27,
+    );
+    for r in 1..=3 {
+        run(
+            &combi(flow(4, 2, vec![2, 2], 3, true), r, branch),
+            2,
+            true,
+            28 + r as u64,
+        );
+    }
+    run(&combi(flow(4, 3, vec![2], 3, false), 2, last), 2, true, 32);
+    let z2 = |f: FlowSpec| f.with_coupling(CouplingKind::AffineZ2);
+    run(
+        &z2(combi(flow(2, 4, vec![3, 3], 3, true), 1, branch)),
+        2,
+        true,
+        33,
+    );
+    run(
+        &z2(combi(flow(3, 4, vec![2], 3, true), 2, last)),
+        2,
+        true,
+        34,
+    );
+}
+
 /// Where the net's hidden widths differ, the layer is not fused, and says why.
 #[test]
 fn unequal_hidden_widths_are_not_fused() {
@@ -263,6 +347,9 @@ fn fused_and_unfused_tapes_agree() {
     let plain = flow_layers(2, 8, 4, vec![8, 8], 3, true);
     tapes_agree(&plain);
     tapes_agree(&plain.with_coupling(CouplingKind::AffineZ2));
+    let combi = |act| flow_layers(2, 8, 4, vec![8, 8], 3, true).with_combi(Combi { r: 1, act });
+    tapes_agree(&combi(CombiAct::Branch));
+    tapes_agree(&combi(CombiAct::Last).with_coupling(CouplingKind::AffineZ2));
 }
 
 fn tapes_agree(f: &FlowSpec) {

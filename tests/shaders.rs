@@ -109,6 +109,50 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("W_OUT", 1408),
                 ("WSPAN", 1554),
             ]);
+            // Combinational: 3D L 4, 3C1 with [8, 8], training, each branch kept; 4D L 2, 4C2
+            // with [2], the mean before the activation.
+            v.push(vec![
+                ("V", 64),
+                ("TAPS", 3),
+                ("HID", 8),
+                ("NHID", 2),
+                ("HLEN", 1024),
+                ("TRAIN", 1),
+                ("TPT", 3),
+                ("SPT", 2),
+                ("WG", 32),
+                ("BR", 3),
+                ("WS0", 64),
+                ("WSM", 256),
+                ("WSO", 64),
+                ("AFTER", 1),
+                ("KEEP", 1),
+                ("GB", 512),
+                ("WLEN", 285),
+                ("W_MID", 192),
+                ("W_MID_STRIDE", 0),
+                ("W_OUT", 960),
+                ("WSPAN", 1138),
+            ]);
+            v.push(vec![
+                ("V", 16),
+                ("TAPS", 9),
+                ("HID", 2),
+                ("NHID", 1),
+                ("HLEN", 32),
+                ("WG", 16),
+                ("TRAIN", 1),
+                ("BR", 6),
+                ("WS0", 64),
+                ("WSO", 64),
+                ("AFTER", 0),
+                ("GB", 32),
+                ("WLEN", 186),
+                ("W_MID", 0),
+                ("W_MID_STRIDE", 0),
+                ("W_OUT", 384),
+                ("WSPAN", 742),
+            ]);
         }
         Shader::Action => {
             for nd in 1..=4 {

@@ -110,8 +110,6 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
         tape.step_dispatches().len(),
         match tape.exec.first() {
             None => "no coupling layers",
-            // The whole-layer kernel does not know combinational nets.
-            Some(_) if flow.combi.is_some() => "one per kernel; combinational convolutions always",
             Some(e) => e.describe(),
         }
     );

@@ -11,6 +11,11 @@
 //! workgroup and combines the two (as `z2`'s mirror and combine); its activation buffer holds
 //! the net's batch of 2B, laid out as the per-kernel path's.
 //!
+//! A combinational net (`CouplingNet::combi`) runs each stage's branches one after the other
+//! in the same workgroup and averages them; in training under `CombiAct::Branch` the forward
+//! keeps every branch's activated output after the stages' in the activation buffer
+//! (`branch_len`), from which the backward takes each branch's activation derivative.
+//!
 //! They apply where the net is [1, HID, ..., HID, 2] (equal hidden widths) and one sample's
 //! activations (forward) or gradients and the layer's weight gradients (backward) fit in
 //! workgroup memory (`unfusable`, `backward_unfusable`): the tutorial's 8 x 8 lattice with
@@ -19,7 +24,7 @@
 
 use super::LatticeBuffers;
 use super::tiling::LayerTiling;
-use crate::flow::{CouplingKind, CouplingNet, PARAM_ALIGN};
+use crate::flow::{CombiAct, CouplingKind, CouplingNet, PARAM_ALIGN};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
 use anyhow::{Result, bail};
 
@@ -52,30 +57,59 @@ pub struct CouplingLayerSpec {
 
 impl CouplingLayerSpec {
     /// (HID, NHID) when the layer is what this kernel computes: an affine coupling, plain or
-    /// symmetrised, whose net is [1, HID x NHID, 2] over one tap set with LeakyReLU between.
+    /// symmetrised, whose net is [1, HID x NHID, 2] stages (plain convolutions or
+    /// combinational ones), every stage over one tap set, with LeakyReLU between.
     /// Any other block or coupling kind runs as separate kernels.
     fn shape(&self) -> Option<(usize, usize)> {
-        let convs = &self.net.convs;
-        let n = convs.len();
-        // A combinational net's branches run as separate convolutions and a mean.
+        let net = &self.net;
+        let stages: Vec<&[crate::flow::ConvBlock]> = net.stages().collect();
+        let n = stages.len();
         if n < 2
-            || self.net.combi()
-            || !matches!(
-                self.net.coupling,
-                CouplingKind::Affine | CouplingKind::AffineZ2
-            )
-            || convs[0].cin != 1
-            || convs[n - 1].cout != 2
-            || convs.iter().any(|c| c.taps != convs[0].taps)
+            || !matches!(net.coupling, CouplingKind::Affine | CouplingKind::AffineZ2)
+            || stages[0][0].cin != 1
+            || stages[n - 1][0].cout != 2
+            || (0..n).any(|j| net.stage_taps(j) != net.stage_taps(0))
         {
             return None;
         }
-        let hid = convs[0].cout;
-        let hidden_ok = convs[..n - 1]
-            .iter()
-            .enumerate()
-            .all(|(j, c)| c.cout == hid && (j == 0 || c.cin == hid) && c.act == super::Act::Leaky);
-        (hidden_ok && convs[n - 1].cin == hid).then_some((hid, n - 1))
+        let hid = stages[0][0].cout;
+        let hidden_ok = stages[..n - 1].iter().enumerate().all(|(j, st)| {
+            st[0].cout == hid && (j == 0 || st[0].cin == hid) && st[0].act == super::Act::Leaky
+        });
+        (hidden_ok && stages[n - 1][0].cin == hid).then_some((hid, n - 1))
+    }
+
+    /// Whether each branch's activated output is kept for the backward (`KEEP` in the
+    /// shader): a training combinational layer averaging after the activation.
+    fn keeps_branches(&self) -> bool {
+        self.train && self.net.combi() && self.net.combi_act == CombiAct::Branch
+    }
+
+    /// Floats of the branches' outputs, which the activation buffer keeps after the stages'
+    /// (`h_len`): each stage's branches, [net batch, channels, V] each; 0 where none are kept.
+    pub fn branch_len(&self) -> usize {
+        match self.shape() {
+            Some((hid, nhid)) if self.keeps_branches() => {
+                self.net.branches * self.net_batch() * self.volume * (nhid * hid + 2)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Floats of the training activation buffer: every stage's output (`activation_offsets`),
+    /// then every branch's (`branch_len`).
+    pub fn h_len(&self) -> usize {
+        let (_, len) = activation_offsets(self.net_batch(), self.volume, &self.net.channels());
+        len + self.branch_len()
+    }
+
+    /// Floats of the backward's workgroup memory for one branch's pre-activation gradient.
+    fn branch_grad_floats(&self, hid: usize) -> usize {
+        if self.net.combi() {
+            hid.max(2) * self.volume
+        } else {
+            1
+        }
     }
 
     /// Whether the net runs on x and -x (a batch of 2B).
@@ -89,7 +123,7 @@ impl CouplingLayerSpec {
         self.batch * self.net.coupling.net_batch_factor()
     }
 
-    /// Taps of each convolution (all share one tap set: `shape`).
+    /// Taps of each convolution (of each branch; all stages share one tap set: `shape`).
     fn taps(&self) -> usize {
         self.net.convs[0].n_taps
     }
@@ -100,6 +134,7 @@ impl CouplingLayerSpec {
             self.batch,
             self.volume,
             self.shape().map(|(hid, _)| hid),
+            self.net.branches,
             self.net.convs[0].taps.row(),
             gpu.is_software() && !self.gpu_tiling,
         )
@@ -134,7 +169,10 @@ impl CouplingLayerSpec {
             return Some(why);
         }
         let (hid, nhid) = self.shape()?;
-        let floats = self.activation_floats(hid, nhid) + 3 * self.volume + self.param_span();
+        let floats = self.activation_floats(hid, nhid)
+            + 3 * self.volume
+            + self.branch_grad_floats(hid)
+            + self.param_span();
         let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
         (4 * floats > limit).then(|| {
             format!(
@@ -148,7 +186,7 @@ impl CouplingLayerSpec {
     pub fn unfusable(&self, gpu: &Gpu) -> Option<String> {
         let Some((hid, nhid)) = self.shape() else {
             return Some(
-                "the layer is not an affine coupling of a [1, HID, ..., HID, 2] net over one tap set"
+                "the layer is not an affine coupling of a [1, HID, ..., HID, 2] net whose stages share one tap set"
                     .into(),
             );
         };
@@ -188,7 +226,8 @@ pub struct CouplingLayerBuffers<'a> {
     pub x: &'a GpuBuffer,
     pub y: &'a GpuBuffer,
     pub logq: &'a GpuBuffer,
-    /// Training: where every convolution's output goes; inference: any storage buffer.
+    /// Training: where every stage's (and branch's) output goes (`CouplingLayerSpec::h_len`
+    /// floats); inference: any storage buffer.
     pub h: &'a GpuBuffer,
     /// The backward's buffers; `None` builds a forward only. A layer whose backward does not
     /// fit one dispatch also builds none (`backward_unfusable`).
@@ -215,7 +254,7 @@ struct Params {
     chunk: u32,
     n_chunks: u32,
     w_first: u32,
-    _pad: u32,
+    hb_off: u32,
 }
 
 pub struct CouplingLayer {
@@ -234,8 +273,10 @@ impl CouplingLayer {
         let (hid, nhid) = spec.shape().unwrap();
         let (bt, v) = (spec.batch, spec.volume);
         let convs = &spec.net.convs;
-        let nbr = b.lattice.table(&convs[0].taps)?;
-        if spec.taps() != convs[0].taps.count(b.lattice.lattice.nd)
+        let nbr_taps = spec.net.stage_taps(0);
+        let nbr = b.lattice.table(&nbr_taps)?;
+        let br = spec.net.branches;
+        if spec.taps() * br != nbr_taps.count(b.lattice.lattice.nd)
             || v != b.lattice.lattice.volume()
         {
             bail!("coupling layer {spec:?} does not match the lattice tables");
@@ -246,7 +287,7 @@ impl CouplingLayer {
         b.y.need(bt * v)?;
         b.logq.need(bt)?;
         if spec.train {
-            b.h.need(h_len)?;
+            b.h.need(spec.h_len())?;
         }
         if !b.params.usage.contains(crate::gpu::Usage::UNIFORM) {
             bail!("buffer {} cannot be bound as a uniform", b.params.label);
@@ -255,7 +296,16 @@ impl CouplingLayer {
         let w_bytes = spec.param_span().div_ceil(4) * 16;
         b.params.need(first + w_bytes / 4)?;
         let wu = b.params.range((first * 4) as u64, w_bytes as u64);
-        let rel = |j: usize| (convs[j].offset - first) as u32;
+        // Where stage j's first branch starts in the layer's slice, and the floats between
+        // two of its branches.
+        let rel = |j: usize| (convs[j * br].offset - first) as u32;
+        let wstride = |j: usize| {
+            if br > 1 {
+                (convs[j * br + 1].offset - convs[j * br].offset) as u32
+            } else {
+                0
+            }
+        };
         let tiling = spec.tiling(gpu);
         let wg = tiling.workgroup;
         let kernel = KernelSpec::new(Shader::CouplingLayer, "forward")
@@ -263,7 +313,7 @@ impl CouplingLayer {
             .with("TAPS", spec.taps() as u32)
             .with("HID", hid as u32)
             .with("NHID", nhid as u32)
-            .with("ACT_OUT", convs[nhid].act.code())
+            .with("ACT_OUT", convs[nhid * br].act.code())
             .with("WG", wg as u32)
             .with("SPT", tiling.sites_per_thread as u32)
             .with("TPT", tiling.taps_per_thread as u32)
@@ -274,7 +324,14 @@ impl CouplingLayer {
             .with("W_MID_STRIDE", if nhid > 2 { rel(2) - rel(1) } else { 0 })
             .with("W_OUT", rel(nhid))
             .with("HLEN", spec.activation_floats(hid, nhid) as u32)
-            .with("WSPAN", spec.param_span() as u32);
+            .with("WSPAN", spec.param_span() as u32)
+            .with("BR", br as u32)
+            .with("WS0", wstride(0))
+            .with("WSM", if nhid > 1 { wstride(1) } else { 0 })
+            .with("WSO", wstride(nhid))
+            .with("AFTER", (spec.net.combi_act == CombiAct::Branch) as u32)
+            .with("KEEP", spec.keeps_branches() as u32)
+            .with("GB", spec.branch_grad_floats(hid) as u32);
         let forward_kernel = kernel.clone();
         let forward_buffers = [
             ("nbr", nbr),
@@ -293,7 +350,7 @@ impl CouplingLayer {
             chunk: tiling.chunk as u32,
             n_chunks: tiling.n_chunks as u32,
             w_first: first as u32,
-            _pad: 0,
+            hb_off: h_len as u32,
         };
         // Work: the convolutions' multiply-adds, bias and activation per output (for each of
         // the net's samples), the coupling; memory: x read, y written, the weights, and in
@@ -302,10 +359,12 @@ impl CouplingLayer {
         let nbv = (spec.net_batch() * v) as f64;
         let macs: usize = convs.iter().map(|c| c.n_weights()).sum();
         let outs: usize = convs.iter().map(|c| c.cout).sum();
+        // Channels of the stages' outputs, which training writes to h.
+        let h_outs: usize = channels[1..].iter().sum();
         let flops = nbv * (2.0 * macs as f64 + outs as f64) + 3.0 * bv;
         let bytes = 4.0 * (2.0 * bv + spec.param_span() as f64)
             + if spec.train {
-                4.0 * nbv * outs as f64
+                4.0 * (nbv * h_outs as f64 + spec.branch_len() as f64)
             } else {
                 0.0
             };
@@ -348,7 +407,8 @@ impl CouplingLayer {
                 )?
                 .with_work(
                     nbv * (4.0 * macs as f64 + outs as f64) + 8.0 * bv,
-                    4.0 * (3.0 * bv + nbv * outs as f64) + partial_bytes,
+                    4.0 * (3.0 * bv + nbv * h_outs as f64 + spec.branch_len() as f64)
+                        + partial_bytes,
                 ),
             );
             let red = kernel.with_entry("reduce");

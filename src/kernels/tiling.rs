@@ -191,16 +191,20 @@ pub struct LayerTiling {
 
 impl LayerTiling {
     /// The tiling of a layer of `batch` samples on `volume` sites whose hidden width is `hid`
-    /// (`None`: not a shape the kernel knows), whose tap set has rows of `row` taps.
+    /// (`None`: not a shape the kernel knows), whose stages have `branches` branches each (a
+    /// thread then also holds their sum, twice the accumulators, as `ConvTiling::for_stage`)
+    /// over tap sets with rows of `row` taps.
     pub fn for_adapter(
         batch: usize,
         volume: usize,
         hid: Option<usize>,
+        branches: usize,
         row: usize,
         software: bool,
     ) -> LayerTiling {
+        let held = if branches > 1 { 2 } else { 1 };
         let most_sites = match (software, hid) {
-            (true, Some(hid)) => (LAYER_SOFTWARE_ACCUMULATORS / hid).clamp(1, 8),
+            (true, Some(hid)) => (LAYER_SOFTWARE_ACCUMULATORS / (held * hid)).clamp(1, 8),
             _ => 1,
         };
         let workgroup = volume
