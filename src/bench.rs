@@ -8,7 +8,8 @@ use crate::gpu::Gpu;
 use crate::gpu::timing::median;
 use crate::proposals::Proposer;
 use crate::rng::stream;
-use crate::tape::{Fusion, Tape, TapeSpec};
+use crate::tape::{Fusion, Mode, Tape, TapeSpec};
+use crate::tune::{self, TuneMode};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -54,6 +55,10 @@ pub struct BenchReport {
     /// Sum of the kernels timed alone (the step minus launch and barrier overhead).
     pub kernels_sum_s: f64,
     pub kernels: Vec<KernelRow>,
+    /// Seconds spent measuring tilings (`--tune`), and each convolution's tiling and where
+    /// it came from.
+    pub tuning_s: f64,
+    pub tilings: Vec<String>,
 }
 
 /// About how long the sampling rate is measured for.
@@ -67,6 +72,8 @@ pub struct BenchOptions {
     pub sample_batches: usize,
     /// Whole coupling layers as single dispatches (`TapeSpec::fusion`).
     pub fusion: Fusion,
+    /// How the convolutions' tilings are chosen (`crate::tune`).
+    pub tune: TuneMode,
 }
 
 impl Default for BenchOptions {
@@ -77,6 +84,7 @@ impl Default for BenchOptions {
             sample_batch: 1024,
             sample_batches: 4,
             fusion: Fusion::Auto,
+            tune: TuneMode::Off,
         }
     }
 }
@@ -86,18 +94,28 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     let t = &cfg.training;
     let params = gpu.upload_params(&flow.init_params(cfg.model.seed))?;
     let counter = gpu.upload("step counter", &[0u32; 4])?;
-    let tape = Tape::new(
+    let train_spec = TapeSpec {
+        // Tiny steps keep the weights near their start while we time them.
+        lr: 1e-7,
+        fusion: o.fusion,
+        ..TapeSpec::training(cfg)
+    };
+    let sample_spec = TapeSpec {
+        batch: o.sample_batch,
+        seed: t.seed,
+        stream: stream::SAMPLE,
+        lr: 0.0,
+        mode: Mode::Infer,
+        ..train_spec.clone()
+    };
+    let tuner = tune::choose(
         gpu,
-        TapeSpec {
-            // Tiny steps keep the weights near their start while we time them.
-            lr: 1e-7,
-            fusion: o.fusion,
-            ..TapeSpec::training(cfg)
-        },
-        &params,
-        &counter,
-    )
-    .with_context(|| cfg.sizes("training.batchsize", cfg.training.batchsize))?;
+        o.tune,
+        &[train_spec.clone(), sample_spec.clone()],
+        None,
+    )?;
+    let tape = Tape::new(gpu, train_spec, &params, &counter)
+        .with_context(|| cfg.sizes("training.batchsize", cfg.training.batchsize))?;
     // Warm up: pipelines compiled, caches filled.
     for _ in 0..3 {
         tape.submit_step(gpu);
@@ -149,19 +167,8 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     let kernels_sum_s = times.iter().sum();
 
     // Proposals per second at the sampling batch.
-    let proposer = Proposer::from_spec(
-        gpu,
-        TapeSpec {
-            batch: o.sample_batch,
-            seed: t.seed,
-            stream: stream::SAMPLE,
-            lr: 0.0,
-            fusion: o.fusion,
-            ..TapeSpec::training(cfg)
-        },
-        &params,
-    )
-    .with_context(|| cfg.sizes("--batch", o.sample_batch))?;
+    let proposer = Proposer::from_spec(gpu, sample_spec, &params)
+        .with_context(|| cfg.sizes("--batch", o.sample_batch))?;
     // Warm-up batch; where one batch already takes long (large lattices on a CPU adapter),
     // it is the measurement, and otherwise as many batches as fit in about 10 s are timed.
     let s = Instant::now();
@@ -198,6 +205,8 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         memory_bytes: tape.memory_bytes() + proposer.tape.memory_bytes(),
         kernels_sum_s,
         kernels,
+        tuning_s: tuner.spent.as_secs_f64(),
+        tilings: tuner.describe(),
     })
 }
 
@@ -252,5 +261,12 @@ pub fn print(r: &BenchReport) {
             k.gbs,
             k.name
         );
+    }
+    println!(
+        "convolution tilings (tuning took {:.1} s; µs: the kernels a tiling changes, per call):",
+        r.tuning_s
+    );
+    for t in &r.tilings {
+        println!("  {t}");
     }
 }

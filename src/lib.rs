@@ -22,3 +22,4 @@ pub mod rng;
 pub mod sample;
 pub mod tape;
 pub mod train;
+pub mod tune;

@@ -327,7 +327,7 @@ fn layer_spec(spec: &TapeSpec, l: usize) -> CouplingLayerSpec {
 /// blocks, and its workgroup memory, uniform bindings and (training) its backward and
 /// activation buffer fit the adapter; otherwise per kernel. Any block or coupling kind the
 /// whole-layer kernel does not know thus runs per kernel.
-fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec {
+fn choose_exec(gpu: &Gpu, spec: &TapeSpec, uniform_params: bool, l: usize) -> Exec {
     let ls = layer_spec(spec, l);
     let max_binding = gpu
         .limits
@@ -339,7 +339,7 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, params: &GpuBuffer, l: usize) -> Exec
         &spec.flow.nets[l].channels(),
     );
     let forward = spec.fusion.wanted(gpu, spec)
-        && params.usage.contains(Usage::UNIFORM)
+        && uniform_params
         && ls.unfusable(gpu).is_none()
         && (!ls.train || (4 * h_len) as u64 <= max_binding);
     // A symmetrised layer's per-kernel backward reads the combined (s, t) and [x; -x], and a
@@ -371,7 +371,9 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         cout: c.cout,
     };
     let input_grad = match (j, l, net.coupling) {
-        // Layer 0's input is the prior sample: nothing to differentiate.
+        // Layer 0's input is the prior sample: nothing to differentiate; an inference tape
+        // differentiates nothing.
+        _ if spec.mode == Mode::Infer => InputGrad::Skip,
         (0, 0, _) => InputGrad::Skip,
         // The first convolution reads mask * x: its input gradient adds into dL/dx.
         (0, _, CouplingKind::Affine) => InputGrad::AddMasked,
@@ -381,7 +383,7 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         _ if net.combi() => InputGrad::ToBranches(net.convs[j * nb - 1].act),
         _ => InputGrad::TimesActGrad(net.convs[j - 1].act),
     };
-    ConvSpec {
+    let mut s = ConvSpec {
         dims,
         taps: net.stage_taps(j),
         act: c.act,
@@ -393,7 +395,30 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         branches: nb,
         w_stride: stage.get(1).map_or(0, |c1| c1.offset - c.offset),
         combi_act: net.combi_act,
+    };
+    // A tiling measured on this adapter (`crate::tune`) replaces the rule's.
+    if let Some(t) = gpu.conv_tiling(&s.tune_key()) {
+        s.tiling = t;
     }
+    s
+}
+
+/// Every convolution `spec`'s tape launches per kernel (one per shape and epilogue: what
+/// `crate::tune` measures), with the tilings it would use now.
+pub fn conv_specs(gpu: &Gpu, spec: &TapeSpec) -> Vec<ConvSpec> {
+    let mut out: Vec<ConvSpec> = vec![];
+    for l in 0..spec.flow.n_layers {
+        if choose_exec(gpu, spec, true, l) == Exec::Whole {
+            continue;
+        }
+        for j in 0..spec.flow.nets[l].n_stages() {
+            let s = conv_spec(gpu, spec, l, j);
+            if !out.iter().any(|o| o.tune_key() == s.tune_key()) {
+                out.push(s);
+            }
+        }
+    }
+    out
 }
 
 /// The mean of stage `j` of layer `l`'s combinational net.
@@ -852,7 +877,7 @@ impl Tape {
         let (b, v) = (spec.batch, flow.lattice.volume());
         let train = spec.mode == Mode::Train;
         let exec: Vec<Exec> = (0..flow.n_layers)
-            .map(|l| choose_exec(gpu, &spec, params, l))
+            .map(|l| choose_exec(gpu, &spec, params.usage.contains(Usage::UNIFORM), l))
             .collect();
         let mut pl = Planner { gpu, list: vec![] };
         let buf = Buffers::plan(gpu, &spec, &exec, &mut pl)?;

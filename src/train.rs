@@ -14,6 +14,7 @@ use crate::proposals::Proposer;
 use crate::rng::Philox;
 use crate::rng::stream;
 use crate::tape::{Tape, TapeSpec};
+use crate::tune::{self, TuneMode};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Overrides training.epochs.
     pub epochs: Option<u64>,
+    /// How the convolutions' tilings are chosen (a resumed run uses the ones it recorded).
+    pub tune: TuneMode,
 }
 
 /// One row of evaluations.csv.
@@ -247,6 +250,24 @@ pub fn train(
         }
     };
 
+    // The kernels' tilings: those the resumed run recorded, else the rules or (`--tune`)
+    // measured on this adapter; recorded for a later --resume.
+    let eval_batch = t.eval_batchsize.min(t.eval_samples);
+    let train_spec = TapeSpec::training(cfg);
+    let eval_spec = TapeSpec {
+        batch: eval_batch,
+        mode: crate::tape::Mode::Infer,
+        ..train_spec.clone()
+    };
+    let tilings_path = dir.join("tilings.json");
+    let tuner = tune::choose(
+        gpu,
+        opts.tune,
+        &[train_spec, eval_spec],
+        opts.resume.then_some(tilings_path.as_path()),
+    )?;
+    tuner.record(&tilings_path)?;
+
     // The model and both tapes, planned once.
     let params = gpu.upload_params(&ck.params)?;
     let counter = gpu.upload("step counter", &[ck.step as u32, 0, 0, 0])?;
@@ -256,7 +277,6 @@ pub fn train(
         gpu.write(tape.adam_m.as_ref().unwrap(), m);
         gpu.write(tape.adam_v.as_ref().unwrap(), v);
     }
-    let eval_batch = t.eval_batchsize.min(t.eval_samples);
     let proposer = Proposer::new(
         gpu,
         cfg,

@@ -12,7 +12,7 @@ use gomaflow_wgpu::kernels::combi::{CombiSpec, Mean, reference, row_stride};
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference as conv_ref,
 };
-use gomaflow_wgpu::kernels::tiling::ConvTiling;
+use gomaflow_wgpu::kernels::tiling::{ConvCandidates, ConvTiling};
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 
@@ -34,8 +34,14 @@ struct Stage {
 }
 
 fn stage(c: &Stage, seed: u64) {
+    stage_tilings(c, seed, 3, false);
+}
+
+/// `stage` with `batch` samples; `candidates`: also with every tiling the tuner may choose
+/// (`ConvCandidates::every_tiling`).
+fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
     let g = gpu();
-    let (k, batch) = (3, 3);
+    let k = 3;
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
     let branches = Taps::branches(c.nd, k, c.r);
@@ -145,7 +151,18 @@ fn stage(c: &Stage, seed: u64) {
         couts_per_thread: 1,
         chunk: 2,
     };
-    for (tiling, ubo) in [(software, true), (one, false)] {
+    let mut tilings = vec![(software, true), (one, false)];
+    if candidates {
+        let rule = ConvTiling::for_stage(&dims, k, nb, true);
+        let cands = ConvCandidates::for_stage(&dims, k, nb, &rule);
+        tilings.extend(
+            cands
+                .every_tiling(&dims, &rule)
+                .into_iter()
+                .map(|t| (t, true)),
+        );
+    }
+    for (tiling, ubo) in tilings {
         let w_off = 64;
         let spec = ConvSpec {
             dims,
@@ -356,6 +373,33 @@ fn combi_stage() {
             },
             100 + i as u64,
         );
+    }
+}
+
+/// Every tiling the tuner may choose for a combinational stage (3C1 and 3C2 on 3D L 3, batch
+/// 17: every samples-per-thread candidate, the last block partial).
+#[test]
+fn combi_every_tuning_candidate() {
+    let st = |r, cin, cout, act, mode, in_mask, input_grad| Stage {
+        nd: 3,
+        l: 3,
+        r,
+        cin,
+        cout,
+        act,
+        mode,
+        in_mask,
+        input_grad,
+    };
+    let (branch, last) = (CombiAct::Branch, CombiAct::Last);
+    let to_leaky = InputGrad::ToBranches(Act::Leaky);
+    let stages = [
+        st(1, 1, 8, Act::Leaky, branch, true, InputGrad::AddMasked),
+        st(1, 8, 8, Act::Leaky, branch, false, to_leaky),
+        st(2, 8, 2, Act::Tanh, last, false, to_leaky),
+    ];
+    for (i, c) in stages.iter().enumerate() {
+        stage_tilings(c, 700 + i as u64, 17, true);
     }
 }
 

@@ -10,7 +10,7 @@ use gomaflow_wgpu::flow::{CombiAct, Taps};
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference,
 };
-use gomaflow_wgpu::kernels::tiling::ConvTiling;
+use gomaflow_wgpu::kernels::tiling::{ConvCandidates, ConvTiling};
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 
@@ -31,10 +31,15 @@ struct Case {
 }
 
 fn run(c: &Case, seed: u64) {
+    run_tilings(c, seed, 3, false);
+}
+
+/// `run` with `batch` samples; `candidates`: also with every tiling the tuner may choose
+/// (`ConvCandidates::every_tiling`).
+fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
     let g = gpu();
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
-    let batch = 3;
     let window = match &c.axes {
         None => Taps::Window { k: c.k },
         Some(axes) => Taps::Axes {
@@ -107,7 +112,19 @@ fn run(c: &Case, seed: u64) {
     // with the weights read through storage and through a uniform binding (w_off = 64 is
     // aligned for it, w_off = 5 is not).
     let lb = LatticeBuffers::new(g, lat, std::slice::from_ref(&window)).unwrap();
-    for (nb, w_off, ubo) in [(1, 5, false), (2, 64, true), (1, 64, true)] {
+    let rule = ConvTiling::for_adapter(&dims, c.k, true);
+    let mut tilings: Vec<(Option<ConvTiling>, usize, usize, bool)> = vec![
+        (None, 1, 5, false),
+        (None, 2, 64, true),
+        (None, 1, 64, true),
+    ];
+    if candidates {
+        let cands = ConvCandidates::for_stage(&dims, c.k, 1, &rule);
+        for t in cands.every_tiling(&dims, &rule) {
+            tilings.push((Some(t), t.samples_per_thread, 64, true));
+        }
+    }
+    for (candidate, nb, w_off, ubo) in tilings {
         let spec = ConvSpec {
             dims,
             taps: window.clone(),
@@ -119,13 +136,13 @@ fn run(c: &Case, seed: u64) {
             branches: 1,
             w_stride: 0,
             combi_act: CombiAct::Branch,
-            tiling: ConvTiling {
+            tiling: candidate.unwrap_or(ConvTiling {
                 chunk: 2, // two chunks for batch 3: the last one partial
                 samples_per_thread: nb,
                 // Weight-gradient threads of one tap and one output channel, then the tiling
                 // of a CPU adapter (a row of taps; wide layers in blocks of output channels).
                 ..if ubo {
-                    ConvTiling::for_adapter(&dims, c.k, true)
+                    rule
                 } else {
                     ConvTiling {
                         samples_per_thread: nb,
@@ -134,7 +151,7 @@ fn run(c: &Case, seed: u64) {
                         chunk: 2,
                     }
                 }
-            },
+            }),
         };
         let bufs = (
             {
@@ -155,6 +172,7 @@ fn run(c: &Case, seed: u64) {
             upload("gx", &gx0),
             g.storage("partial", spec.partial_len()).unwrap(),
         );
+        let spec_tiling = spec.tiling;
         let conv = Conv::new(
             g,
             spec,
@@ -179,7 +197,8 @@ fn run(c: &Case, seed: u64) {
         g.run(&all).unwrap();
 
         let label = format!(
-            "{label} NB={nb} {}",
+            "{label} batch {batch} {:?} {}",
+            spec_tiling,
             if ubo {
                 "uniform weights"
             } else {
@@ -349,6 +368,45 @@ fn conv_wide_channels() {
         },
         500,
     );
+}
+
+/// Every tiling the tuner may choose (`crate::tune`), on a batch of 17 (every samples-per-
+/// thread candidate up to 16, the last block partial): the tutorial's three shapes, a 3D
+/// window of 27 taps, a line of 3 taps (a combinational branch) and a wide layer.
+#[test]
+fn conv_every_tuning_candidate() {
+    let case = |nd, l, axes, cin, cout, act, in_mask, input_grad| Case {
+        nd,
+        l,
+        k: 3,
+        axes,
+        cin,
+        cout,
+        act,
+        in_mask,
+        input_grad,
+    };
+    let leaky = InputGrad::TimesActGrad(Act::Leaky);
+    let cases = [
+        case(2, 4, None, 1, 8, Act::Leaky, true, InputGrad::AddMasked),
+        case(2, 4, None, 8, 8, Act::Leaky, false, leaky),
+        case(2, 4, None, 8, 2, Act::Tanh, false, leaky),
+        case(3, 3, None, 8, 8, Act::Leaky, false, leaky),
+        case(
+            3,
+            3,
+            Some(vec![1]),
+            8,
+            8,
+            Act::Leaky,
+            false,
+            InputGrad::Write,
+        ),
+        case(2, 3, None, 32, 32, Act::None, false, leaky),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        run_tilings(c, 600 + i as u64, 17, true);
+    }
 }
 
 #[test]

@@ -22,4 +22,5 @@ mod sample;
 mod shaders;
 mod tape;
 mod train;
+mod tune;
 mod z2;

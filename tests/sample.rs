@@ -15,6 +15,7 @@ use gomaflow_wgpu::mcmc::{HmcOptions, run_hmc};
 use gomaflow_wgpu::observables::{Summary, free};
 use gomaflow_wgpu::sample::{self, SampleOptions};
 use gomaflow_wgpu::train::{Outcome, TrainOptions, train};
+use gomaflow_wgpu::tune::TuneMode;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
@@ -34,6 +35,7 @@ fn trained(name: &str, text: &str) -> PathBuf {
             out: out.clone(),
             resume: false,
             epochs: None,
+            tune: TuneMode::Off,
         },
         &AtomicBool::new(false),
     )

@@ -11,6 +11,7 @@ use gomaflow_wgpu::observables::free;
 use gomaflow_wgpu::proposals::Proposer;
 use gomaflow_wgpu::rng::stream;
 use gomaflow_wgpu::train::{Outcome, TrainOptions, evaluate, train};
+use gomaflow_wgpu::tune::TuneMode;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,6 +29,7 @@ fn run(
             out,
             resume,
             epochs,
+            tune: TuneMode::Off,
         },
         stop,
     )
@@ -171,6 +173,7 @@ fn interrupted_and_resumed_equals_uninterrupted() {
             out: dir.join("straight"),
             resume: false,
             epochs: None,
+            tune: TuneMode::Off,
         },
         &never,
     );

@@ -5,6 +5,7 @@ use crate::bench::{self, BenchOptions};
 use crate::config::Config;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::tape::Fusion;
+use crate::tune::TuneMode;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -26,6 +27,10 @@ pub struct BenchArgs {
     /// the net's batch x volume <= 512), on (wherever it fits), off (one launch per kernel).
     #[arg(long, value_enum, default_value_t = FusionArg::Auto)]
     pub fusion: FusionArg,
+    /// How the convolution kernels' tilings are chosen: off (fixed rules per adapter kind),
+    /// auto (measured on this adapter once, then read from the cache), full (measure again).
+    #[arg(long, value_enum, default_value_t = TuneMode::Off)]
+    pub tune: TuneMode,
 }
 
 /// `--fusion`: the command line's spelling of `tape::Fusion` (so that the tape needs no clap);
@@ -70,6 +75,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         steps: args.steps as usize,
         fusion: args.fusion.into(),
+        tune: args.tune,
         ..Default::default()
     };
     let report = bench::run(&gpu, &cfg, &name, &opts)?;

@@ -7,6 +7,7 @@ use crate::proposals::Proposer;
 use crate::rng::stream;
 use crate::tape::{Tape, TapeSpec};
 use crate::train::{Outcome, TrainOptions, train};
+use crate::tune::{self, TuneMode};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,11 @@ pub struct TrainArgs {
     /// Train this many epochs instead of training.epochs (e.g. to extend a run).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
+    /// How the convolution kernels' tilings are chosen: off (fixed rules per adapter kind),
+    /// auto (measured on this adapter once, then read from the cache), full (measure again).
+    /// A resumed run uses the tilings it recorded.
+    #[arg(long, value_enum, default_value_t = TuneMode::Off)]
+    pub tune: TuneMode,
 }
 
 /// `runs/<config file stem>`.
@@ -163,7 +169,22 @@ pub fn run(args: TrainArgs) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| default_run_dir(&args.config));
     if args.dry_run {
+        // The tilings the run would use (measured now if --tune asks for it).
+        let train_spec = TapeSpec::training(&cfg);
+        let eval_spec = TapeSpec {
+            batch: cfg.training.eval_batchsize.min(cfg.training.eval_samples),
+            mode: crate::tape::Mode::Infer,
+            ..train_spec.clone()
+        };
+        let tuner = tune::choose(&gpu, args.tune, &[train_spec, eval_spec], None)?;
         dry_run(&gpu, &cfg, &out)?;
+        println!(
+            "tilings     convolution kernels (--tune {}):",
+            args.tune.key()
+        );
+        for line in tuner.describe() {
+            println!("              {line}");
+        }
         return Ok(0);
     }
     // Ctrl-C: finish the step in flight, save a checkpoint, exit.
@@ -182,6 +203,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
             out: out.clone(),
             resume: args.resume,
             epochs: args.epochs,
+            tune: args.tune,
         },
         &interrupt,
     )?;

@@ -193,6 +193,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<String, Pipeline>>,
+    /// Convolution tilings chosen for this adapter by `crate::tune` (or read back from a run
+    /// directory), by `ConvSpec::tune_key`; a convolution not listed takes its rule's.
+    conv_tilings: Mutex<HashMap<String, crate::kernels::tiling::ConvTiling>>,
     /// A 16-byte uniform buffer for optional uniform bindings a kernel does not read.
     pub dummy_uniform: GpuBuffer,
     /// A 16-byte storage buffer for storage bindings a specialisation does not touch (WGSL
@@ -271,6 +274,7 @@ impl Gpu {
             info,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            conv_tilings: Mutex::new(HashMap::new()),
             dummy_uniform,
             dummy_storage,
             error,
@@ -288,6 +292,19 @@ impl Gpu {
 
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The tiling chosen for the convolution `key` (`ConvSpec::tune_key`), if one was.
+    pub fn conv_tiling(&self, key: &str) -> Option<crate::kernels::tiling::ConvTiling> {
+        self.conv_tilings.lock().unwrap().get(key).copied()
+    }
+
+    /// Use `tiling` for every convolution `key` built from now on.
+    pub fn set_conv_tiling(&self, key: &str, tiling: crate::kernels::tiling::ConvTiling) {
+        self.conv_tilings
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), tiling);
     }
 
     pub fn has_timestamps(&self) -> bool {

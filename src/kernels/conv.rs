@@ -100,6 +100,34 @@ impl ConvSpec {
         (self.branches - 1) * self.w_stride + self.dims.n_params()
     }
 
+    /// What this convolution's best tiling depends on (`crate::tune`): its shape, its
+    /// branches and where they are averaged, its input mask and input-gradient epilogue.
+    pub fn tune_key(&self) -> String {
+        let d = &self.dims;
+        let grad = match self.input_grad {
+            InputGrad::Skip => "no input gradient",
+            InputGrad::Write => "input gradient",
+            InputGrad::TimesActGrad(_) => "input gradient times act'",
+            InputGrad::AddMasked => "masked input gradient",
+            InputGrad::ToBranches(_) => "input gradient to branches",
+        };
+        let branches = match (self.branches, self.combi_act) {
+            (1, _) => String::new(),
+            (b, CombiAct::Branch) => format!(" x {b} branches (mean after the activation)"),
+            (b, CombiAct::Last) => format!(" x {b} branches (mean before the activation)"),
+        };
+        format!(
+            "conv {} -> {}, {} taps{branches} (rows of {}), {} sites, batch {}{}, {grad}",
+            d.cin,
+            d.cout,
+            d.taps,
+            self.taps.row(),
+            d.volume,
+            d.batch,
+            if self.in_mask { ", masked input" } else { "" }
+        )
+    }
+
     pub fn n_chunks(&self) -> usize {
         self.dims.batch.div_ceil(self.tiling.chunk)
     }
@@ -157,6 +185,20 @@ pub struct Conv {
 }
 
 impl Conv {
+    /// Whether `t` tiles `spec`: taps per thread a divisor of the taps, at most 25 (more than
+    /// a 5 x 5 plane per thread exhausts lavapipe's private memory: 81 taps gave wrong results
+    /// there, and no adapter gains from it), output channels per thread a divisor of COUT,
+    /// at least one sample per thread and per chunk.
+    pub fn tiling_valid(spec: &ConvSpec, t: &ConvTiling) -> bool {
+        let d = &spec.dims;
+        (1..=25).contains(&t.taps_per_thread)
+            && d.taps.is_multiple_of(t.taps_per_thread)
+            && t.couts_per_thread >= 1
+            && d.cout.is_multiple_of(t.couts_per_thread)
+            && t.samples_per_thread >= 1
+            && t.chunk >= 1
+    }
+
     /// Build the layer. If `b.params` has UNIFORM usage and the layer's slice starts at a
     /// 256-byte boundary (`FlowSpec` lays parameters out so) and fits a uniform binding,
     /// forward and backward_input read the weights through it.
@@ -171,24 +213,10 @@ impl Conv {
             bail!("a combinational convolution's branches' parameter slices overlap");
         }
 
-        // More than a 5 x 5 plane per thread exhausts lavapipe's private memory (81 taps gave
-        // wrong results there), and no adapter gains from it.
-        if spec.tiling.taps_per_thread == 0
-            || spec.tiling.taps_per_thread > 25
-            || !d.taps.is_multiple_of(spec.tiling.taps_per_thread)
-        {
+        if !Self::tiling_valid(&spec, &spec.tiling) {
             bail!(
-                "{} taps per thread do not divide {} taps",
-                spec.tiling.taps_per_thread,
-                d.taps
-            );
-        }
-        if spec.tiling.couts_per_thread == 0 || !d.cout.is_multiple_of(spec.tiling.couts_per_thread)
-        {
-            bail!(
-                "{} output channels per thread do not divide {}",
-                spec.tiling.couts_per_thread,
-                d.cout
+                "tiling {:?} does not fit the convolution {d:?}",
+                spec.tiling
             );
         }
         if matches!(spec.input_grad, InputGrad::AddMasked) && d.cin != 1 {
@@ -254,9 +282,6 @@ impl Conv {
                 .with("COUT", d.cout as u32)
                 .with("TAPS", d.taps as u32)
                 .with("WG", WG)
-                .with("NB", spec.tiling.samples_per_thread as u32)
-                // Every entry point of the module must be valid, so all see the real TPT.
-                .with("TPT", spec.tiling.taps_per_thread as u32)
                 .with("BR", br as u32)
                 .with("WSTRIDE", spec.w_stride as u32)
                 .with("AFTER", (spec.combi_act == CombiAct::Branch) as u32)
@@ -282,7 +307,14 @@ impl Conv {
         ];
         let l = b.lattice;
 
+        // Each entry point sees only the tiling constants it uses (samples per thread in
+        // forward and backward_input, taps and output channels per thread in
+        // backward_weight), so a tuner's candidates share the pipelines they can. The module
+        // is validated whole, so the others see one tap per thread (valid for any TAPS).
+        let nb = spec.tiling.samples_per_thread as u32;
         let fwd = base("forward")
+            .with("TPT", 1)
+            .with("NB", nb)
             .with("ACT", spec.act.code())
             .with("IN_MASK", spec.in_mask as u32);
         // hb and hb_in are bound to a placeholder where the specialisation does not use them.
@@ -327,6 +359,8 @@ impl Conv {
         ]
         .concat();
         let bin = base("backward_input")
+            .with("TPT", 1)
+            .with("NB", nb)
             .with("MODE", mode)
             .with("ACT_IN", act_in.code());
         let backward_input = gpu
@@ -335,6 +369,7 @@ impl Conv {
 
         let bw = base("backward_weight")
             .with("IN_MASK", spec.in_mask as u32)
+            .with("TPT", spec.tiling.taps_per_thread as u32)
             .with("COB", spec.tiling.couts_per_thread as u32);
         let backward_weight = gpu
             .dispatch(
@@ -352,7 +387,7 @@ impl Conv {
                 xin + yout + (spec.partial_len() as f64) * f,
             );
 
-        let rw = base("reduce_weight");
+        let rw = base("reduce_weight").with("TPT", 1);
         let reduce_weight = gpu
             .dispatch(
                 &rw,

@@ -42,8 +42,9 @@ fn chunk_size(batch: usize, chunks: usize) -> usize {
 }
 
 /// How one convolution's work is split over threads: each choice is a compile-time constant
-/// of conv.wgsl, tuned per adapter kind (measurements in BENCHMARKS.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// of conv.wgsl, by a rule per adapter kind (measurements in BENCHMARKS.md) or by measurement
+/// on the adapter (`crate::tune`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvTiling {
     /// Samples per thread of forward and backward_input (see `NB` in conv.wgsl).
     pub samples_per_thread: usize,
@@ -80,7 +81,7 @@ impl ConvTiling {
             samples_per_thread: Self::default_samples_per_thread(software, dims.cin, dims.cout),
             taps_per_thread: tpt,
             couts_per_thread: cob,
-            chunk: Self::default_chunk(dims, tpt, cob, software),
+            chunk: Self::rule_chunk(dims, tpt, cob, software),
         }
     }
     /// The tiling of a stage of `branches` convolutions run as one (`ConvSpec::branches`): a
@@ -154,7 +155,7 @@ impl ConvTiling {
     /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
     /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
     /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
-    fn default_chunk(
+    pub fn rule_chunk(
         dims: &ConvDims,
         taps_per_thread: usize,
         couts_per_thread: usize,
@@ -220,5 +221,122 @@ impl LayerTiling {
             n_chunks: batch.div_ceil(chunk),
             chunk: batch.div_ceil(batch.div_ceil(chunk)),
         }
+    }
+}
+
+/// Accumulators a candidate thread may hold (samples x channels, or taps x output channels):
+/// past this every adapter measured so far spills them.
+const MAX_CANDIDATE_ACCUMULATORS: usize = 72;
+
+/// The tilings a tuner (`crate::tune`) measures for one convolution, each a valid
+/// specialisation of conv.wgsl that the kernel tests check against the f64 reference. The
+/// three parts are independent (forward and backward_input use only the samples per thread;
+/// backward_weight only the rest), so they are searched one after the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvCandidates {
+    /// Samples per thread of forward and backward_input.
+    pub samples_per_thread: Vec<usize>,
+    /// (taps, output channels) per weight-gradient thread.
+    pub weight_blocks: Vec<(usize, usize)>,
+}
+
+impl ConvCandidates {
+    /// Candidates for a stage of `branches` convolutions of shape `dims` whose tap set has
+    /// rows of `row` taps: powers of two samples per thread (at most the batch, 16, and
+    /// `MAX_CANDIDATE_ACCUMULATORS` held with their channels, twice for several branches);
+    /// taps per thread 1 or a power of the row dividing the taps (at most 25, as
+    /// `Conv::new` allows), output channels per thread a power-of-two divisor of COUT or COUT
+    /// itself, their product at most `MAX_CANDIDATE_ACCUMULATORS`. The rule's choice
+    /// (`ConvTiling::for_stage`) is always among them.
+    pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, rule: &ConvTiling) -> Self {
+        let held = dims.cin.max(dims.cout) * if branches > 1 { 2 } else { 1 };
+        let mut nb: Vec<usize> = (0..5)
+            .map(|i| 1usize << i)
+            .filter(|&n| n == 1 || (n <= dims.batch && n * held <= MAX_CANDIDATE_ACCUMULATORS))
+            .collect();
+        let mut tpts = vec![1];
+        let mut t = row;
+        while row > 1 && t <= 25 && dims.taps.is_multiple_of(t) {
+            tpts.push(t);
+            t *= row;
+        }
+        let mut cobs: Vec<usize> = (0..6)
+            .map(|i| 1usize << i)
+            .filter(|c| dims.cout.is_multiple_of(*c))
+            .collect();
+        if !cobs.contains(&dims.cout) {
+            cobs.push(dims.cout);
+        }
+        let mut blocks: Vec<(usize, usize)> = tpts
+            .iter()
+            .flat_map(|&t| cobs.iter().map(move |&c| (t, c)))
+            .filter(|(t, c)| t * c <= MAX_CANDIDATE_ACCUMULATORS)
+            .collect();
+        if !nb.contains(&rule.samples_per_thread) {
+            nb.push(rule.samples_per_thread);
+        }
+        let r = (rule.taps_per_thread, rule.couts_per_thread);
+        if !blocks.contains(&r) {
+            blocks.push(r);
+        }
+        ConvCandidates {
+            samples_per_thread: nb,
+            weight_blocks: blocks,
+        }
+    }
+
+    /// Tilings covering every specialisation a tuner may choose from these candidates, entry
+    /// point by entry point: each samples-per-thread (forward, backward_input) with the rule's
+    /// weight tiling, and each weight block with each chunking of either adapter kind
+    /// (backward_weight, reduce_weight) with the rule's samples per thread. (The entry points
+    /// read disjoint constants, so any combination the tuner makes is covered.)
+    pub fn every_tiling(&self, dims: &ConvDims, rule: &ConvTiling) -> Vec<ConvTiling> {
+        let mut out: Vec<ConvTiling> = self
+            .samples_per_thread
+            .iter()
+            .map(|&nb| ConvTiling {
+                samples_per_thread: nb,
+                ..*rule
+            })
+            .collect();
+        for &(tpt, cob) in &self.weight_blocks {
+            for software in [true, false] {
+                for chunk in Self::chunks(dims, tpt, cob, software) {
+                    let t = ConvTiling {
+                        taps_per_thread: tpt,
+                        couts_per_thread: cob,
+                        chunk,
+                        ..*rule
+                    };
+                    if !out.contains(&t) {
+                        out.push(t);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Samples per chunk of the weight-gradient sums to try with `tpt` taps and `cob` output
+    /// channels per thread: on a CPU adapter one, two and four chunks per core; on a GPU
+    /// enough chunks for about 4k, 16k and 64k threads.
+    pub fn chunks(dims: &ConvDims, tpt: usize, cob: usize, software: bool) -> Vec<usize> {
+        let threads_per_chunk = (dims.cin * dims.taps / tpt * dims.cout / cob).max(1);
+        let counts: Vec<usize> = if software {
+            [1, 2, 4].iter().map(|m| m * cpu_cores()).collect()
+        } else {
+            [4096usize, 16384, 65536]
+                .iter()
+                .map(|t| t.div_ceil(threads_per_chunk))
+                .collect()
+        };
+        let mut out: Vec<usize> = vec![];
+        for c in counts {
+            let s = chunk_size(dims.batch, c);
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
     }
 }
