@@ -7,6 +7,8 @@ use crate::lattice::Lattice;
 use crate::observables::Summary;
 use crate::plots::{self, Panel};
 use crate::sample::{self, SampleOptions};
+use crate::tape::{Fusion, Mode, TapeSpec};
+use crate::tune::{self, TuneMode};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -79,6 +81,10 @@ pub struct SampleArgs {
     /// Use the last checkpoint instead of the best (by acceptance).
     #[arg(long)]
     pub latest: bool,
+    /// How the convolution kernels' tilings are chosen: off (fixed rules per adapter kind),
+    /// auto (measured on this adapter once, then read from the cache), full (measure again).
+    #[arg(long, value_enum, default_value_t = TuneMode::Off)]
+    pub tune: TuneMode,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -99,6 +105,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
         args.common.adapter.as_deref(),
         cfg.device_id,
     ))?;
+    // The sampling tape's tilings (the chain's numbers do not depend on them beyond rounding).
+    let sampling = TapeSpec {
+        batch: opts.batch.min(opts.samples),
+        mode: Mode::Infer,
+        fusion: Fusion::Auto,
+        ..TapeSpec::training(&cfg)
+    };
+    tune::choose(&gpu, args.tune, &[sampling], None)?;
     let pb = ProgressBar::new(opts.samples as u64);
     pb.set_style(
         ProgressStyle::with_template("sample [{bar:30}] {pos}/{len} proposals {per_sec} ETA {eta}")

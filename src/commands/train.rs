@@ -243,7 +243,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
             );
             println!(
                 "run directory {}: config.toml, evaluations.csv, history.png, \
-                 checkpoint.safetensors, best.safetensors, summary.json",
+                 checkpoint.safetensors, best.safetensors, summary.json, tilings.json",
                 out.display()
             );
             Ok(0)
