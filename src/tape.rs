@@ -89,24 +89,54 @@ pub enum Fusion {
 pub const SOFTWARE_FUSE_MAX_SITES: usize = 512;
 
 impl Fusion {
+    /// Whether layers run whole where they can: `On`, `Off`, or under `Auto` the choice
+    /// measured on this adapter (`crate::tune`), else the rule (`auto_rule`).
     fn wanted(self, gpu: &Gpu, spec: &TapeSpec) -> bool {
         match self {
-            Fusion::Auto => {
-                let net_batch = (spec.flow.nets.iter())
-                    .map(|n| n.coupling.net_batch_factor())
-                    .max()
-                    .unwrap_or(1)
-                    * spec.batch;
-                !gpu.is_software()
-                    || net_batch * spec.flow.lattice.volume() <= SOFTWARE_FUSE_MAX_SITES
-            }
+            Fusion::Auto => gpu
+                .fusion_choice(&spec.fusion_key())
+                .unwrap_or_else(|| Self::auto_rule(gpu, spec)),
             Fusion::On => true,
             Fusion::Off => false,
         }
     }
+
+    /// `Auto`'s rule: on GPUs; on CPU adapters up to `SOFTWARE_FUSE_MAX_SITES`.
+    pub fn auto_rule(gpu: &Gpu, spec: &TapeSpec) -> bool {
+        let net_batch = (spec.flow.nets.iter())
+            .map(|n| n.coupling.net_batch_factor())
+            .max()
+            .unwrap_or(1)
+            * spec.batch;
+        !gpu.is_software() || net_batch * spec.flow.lattice.volume() <= SOFTWARE_FUSE_MAX_SITES
+    }
+}
+
+/// Whether any coupling layer of `spec`'s tape could run whole on `gpu` (so that whole
+/// layers against one launch per kernel is a choice there).
+pub fn can_fuse(gpu: &Gpu, spec: &TapeSpec) -> bool {
+    let on = TapeSpec {
+        fusion: Fusion::On,
+        ..spec.clone()
+    };
+    (0..spec.flow.n_layers).any(|l| choose_exec(gpu, &on, true, l) != Exec::PerKernel)
 }
 
 impl TapeSpec {
+    /// What the choice between whole layers and one launch per kernel depends on
+    /// (`crate::tune`): the mode, the batch and the architecture.
+    pub fn fusion_key(&self) -> String {
+        let mode = match self.mode {
+            Mode::Train => "training",
+            Mode::Infer => "inference",
+        };
+        format!(
+            "{mode} tape, batch {}, {}",
+            self.batch,
+            crate::checkpoint::describe(&self.flow)
+        )
+    }
+
     /// The training tape of a config: its batch size, the training stream of the prior, the
     /// first epoch's learning rate.
     pub fn training(cfg: &crate::config::Config) -> TapeSpec {

@@ -20,7 +20,7 @@ use crate::gpu::timing::median;
 use crate::kernels::LatticeBuffers;
 use crate::kernels::conv::{Conv, ConvBuffers, ConvGrads, ConvSpec, InputGrad};
 use crate::kernels::tiling::{ConvCandidates, ConvTiling};
-use crate::tape::{Mode, TapeSpec, conv_specs};
+use crate::tape::{Fusion, Mode, Tape, TapeSpec, can_fuse, conv_specs};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,6 +87,26 @@ pub struct Choice {
     pub best_us: Option<f64>,
 }
 
+/// Whole layers or one launch per kernel for one `Fusion::Auto` tape (`TapeSpec::fusion_key`),
+/// and, where measured, the step time (ms) of the rule's choice and of the chosen one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FusionChoice {
+    pub whole_layers: bool,
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_ms: Option<f64>,
+}
+
+/// What a run directory records in `tilings.json`, by kernel and by tape.
+#[derive(Serialize, Deserialize, Default, Debug)]
+pub struct Record {
+    pub convolutions: BTreeMap<String, Choice>,
+    #[serde(default)]
+    pub fusion: BTreeMap<String, FusionChoice>,
+}
+
 /// A candidate must beat the rule's time by this fraction to replace it.
 const MIN_GAIN: f64 = 0.03;
 /// Timed repetitions of each candidate (the median is kept), after one warm-up run.
@@ -102,6 +122,9 @@ struct CacheFile {
     version: u32,
     /// "adapter | kernel" -> choice.
     entries: BTreeMap<String, Choice>,
+    /// "adapter | tape" -> whole layers or per kernel.
+    #[serde(default)]
+    fusion: BTreeMap<String, FusionChoice>,
 }
 
 /// The tiling cache: `$GOMAFLOW_CACHE_DIR/tilings.json`, or `tilings.json` in the user's cache
@@ -168,6 +191,8 @@ pub struct Tuner<'g> {
     cache_dirty: bool,
     /// Every kernel's choice so far, by kernel key.
     pub choices: BTreeMap<String, Choice>,
+    /// Every `Fusion::Auto` tape's choice so far, by `TapeSpec::fusion_key`.
+    pub fusion: BTreeMap<String, FusionChoice>,
     /// Seconds spent measuring.
     pub spent: Duration,
     /// Warnings for the user (an unreadable cache).
@@ -206,6 +231,7 @@ impl<'g> Tuner<'g> {
             cache,
             cache_dirty: false,
             choices: BTreeMap::new(),
+            fusion: BTreeMap::new(),
             spent: Duration::ZERO,
             warnings,
         }
@@ -220,14 +246,23 @@ impl<'g> Tuner<'g> {
         }
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let recorded: BTreeMap<String, Choice> =
-            serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{}: not a tiling record of this tool (delete it to resume with the rules)",
-                    path.display()
-                )
-            })?;
-        for (key, c) in recorded {
+        let recorded: Record = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a tiling record of this tool (delete it to resume with the rules)",
+                path.display()
+            )
+        })?;
+        for (key, f) in recorded.fusion {
+            self.gpu.set_fusion_choice(&key, f.whole_layers);
+            self.fusion.insert(
+                key,
+                FusionChoice {
+                    source: Source::Recorded,
+                    ..f
+                },
+            );
+        }
+        for (key, c) in recorded.convolutions {
             self.gpu.set_conv_tiling(&key, c.tiling);
             self.choices.insert(
                 key,
@@ -250,6 +285,8 @@ impl<'g> Tuner<'g> {
         progress: &mut dyn FnMut(usize, usize, &str),
     ) -> Result<()> {
         let train = spec.mode == Mode::Train;
+        // Whole layers or per kernel first: it decides which convolutions run per kernel.
+        self.prepare_fusion(spec, progress)?;
         let specs = conv_specs(self.gpu, spec);
         let mut todo = vec![];
         for s in specs {
@@ -307,6 +344,67 @@ impl<'g> Tuner<'g> {
         Ok(())
     }
 
+    /// For a `Fusion::Auto` tape some of whose layers could run whole: whole layers or one
+    /// launch per kernel, recorded, cached or measured (both tapes timed step by step,
+    /// alternately; the rule's choice changes only for a gain of `MIN_GAIN`).
+    fn prepare_fusion(
+        &mut self,
+        spec: &TapeSpec,
+        progress: &mut dyn FnMut(usize, usize, &str),
+    ) -> Result<()> {
+        let key = spec.fusion_key();
+        if spec.fusion != Fusion::Auto
+            || self.fusion.contains_key(&key)
+            || !can_fuse(self.gpu, spec)
+        {
+            return Ok(());
+        }
+        let rule = Fusion::auto_rule(self.gpu, spec);
+        let cache_key = format!("{} | {key}", self.adapter);
+        let cached = self.cache.fusion.get(&cache_key).cloned();
+        let by_rule = FusionChoice {
+            whole_layers: rule,
+            source: Source::Rule,
+            rule_ms: None,
+            best_ms: None,
+        };
+        let choice = match (self.mode, cached) {
+            (TuneMode::Off, _) => by_rule,
+            (TuneMode::Auto, Some(c)) => FusionChoice {
+                source: Source::Cached,
+                ..c
+            },
+            _ if self.spent >= BUDGET => by_rule,
+            _ => {
+                progress(0, 1, &format!("whole layers or per kernel: {key}"));
+                let t0 = Instant::now();
+                let (whole_s, split_s) = measure_fusion(self.gpu, spec)
+                    .with_context(|| format!("tuning whole layers for the {key}"))?;
+                self.spent += t0.elapsed();
+                let (rule_s, other_s) = if rule {
+                    (whole_s, split_s)
+                } else {
+                    (split_s, whole_s)
+                };
+                let switch = other_s < rule_s * (1.0 - MIN_GAIN);
+                let c = FusionChoice {
+                    whole_layers: rule != switch,
+                    source: Source::Measured,
+                    rule_ms: Some(rule_s * 1e3),
+                    best_ms: Some(if switch { other_s } else { rule_s } * 1e3),
+                };
+                self.cache.fusion.insert(cache_key, c.clone());
+                self.cache_dirty = true;
+                c
+            }
+        };
+        if choice.source != Source::Rule {
+            self.gpu.set_fusion_choice(&key, choice.whole_layers);
+        }
+        self.fusion.insert(key, choice);
+        Ok(())
+    }
+
     fn keep(&mut self, key: &str, tiling: ConvTiling, source: Source, us: Option<f64>) {
         self.choices.insert(
             key.to_string(),
@@ -346,35 +444,49 @@ impl<'g> Tuner<'g> {
 
     /// Record every kernel's tiling in a run directory (`resume` reads it back).
     pub fn record(&self, path: &Path) -> Result<()> {
-        write_atomic(
-            path,
-            serde_json::to_string_pretty(&self.choices)?.as_bytes(),
-        )
+        let r = Record {
+            convolutions: self.choices.clone(),
+            fusion: self.fusion.clone(),
+        };
+        write_atomic(path, serde_json::to_string_pretty(&r)?.as_bytes())
     }
 
-    /// One line per kernel: its tiling and where it came from.
+    /// One line per tape (whole layers or per kernel) and per kernel (its tiling), and where
+    /// each came from.
     pub fn describe(&self) -> Vec<String> {
-        self.choices
-            .iter()
-            .map(|(k, c)| {
-                let t = &c.tiling;
-                let times = match (c.rule_us, c.best_us) {
-                    (Some(r), Some(b)) if c.source != Source::Rule => {
-                        format!(", {b:.0} µs against the rule's {r:.0}")
-                    }
-                    _ => String::new(),
-                };
-                format!(
-                    "{k}: {} samples/thread, weight gradient {} taps x {} channels/thread, \
+        let tapes = self.fusion.iter().map(|(k, c)| {
+            let times = match (c.rule_ms, c.best_ms) {
+                (Some(r), Some(b)) if c.source != Source::Rule => {
+                    format!(", {b:.1} ms per step against the rule's {r:.1}")
+                }
+                _ => String::new(),
+            };
+            let how = if c.whole_layers {
+                "whole layers"
+            } else {
+                "one launch per kernel"
+            };
+            format!("{k}: {how} ({}{times})", c.source.word())
+        });
+        let kernels = self.choices.iter().map(|(k, c)| {
+            let t = &c.tiling;
+            let times = match (c.rule_us, c.best_us) {
+                (Some(r), Some(b)) if c.source != Source::Rule => {
+                    format!(", {b:.0} µs against the rule's {r:.0}")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "{k}: {} samples/thread, weight gradient {} taps x {} channels/thread, \
                      chunks of {} ({}{times})",
-                    t.samples_per_thread,
-                    t.taps_per_thread,
-                    t.couts_per_thread,
-                    t.chunk,
-                    c.source.word()
-                )
-            })
-            .collect()
+                t.samples_per_thread,
+                t.taps_per_thread,
+                t.couts_per_thread,
+                t.chunk,
+                c.source.word()
+            )
+        });
+        tapes.chain(kernels).collect()
     }
 }
 
@@ -436,6 +548,43 @@ impl Scratch {
             partial: gpu.storage("tune partial", max_partial.max(1))?,
         })
     }
+}
+
+/// Seconds per step of `spec`'s tape with whole layers and with one launch per kernel:
+/// after a warm-up step each, three rounds alternating between the two, each round enough
+/// steps for about 50 ms; the medians.
+fn measure_fusion(gpu: &Gpu, spec: &TapeSpec) -> Result<(f64, f64)> {
+    let params = gpu.upload_params(&spec.flow.init_params(0))?;
+    let tape = |fusion| -> Result<Tape> {
+        let counter = gpu.upload("tune counter", &[0u32; 4])?;
+        Tape::new(
+            gpu,
+            TapeSpec {
+                fusion,
+                lr: 0.0,
+                ..spec.clone()
+            },
+            &params,
+            &counter,
+        )
+    };
+    let (whole, split) = (tape(Fusion::On)?, tape(Fusion::Off)?);
+    let steps = |t: &Tape, k: usize| -> Result<f64> {
+        let s = Instant::now();
+        for _ in 0..k {
+            t.submit_step(gpu);
+        }
+        gpu.wait()?;
+        Ok(s.elapsed().as_secs_f64() / k as f64)
+    };
+    let warm = steps(&whole, 1)?.max(steps(&split, 1)?);
+    let k = ((0.05 / warm).ceil() as usize).clamp(1, 20);
+    let (mut a, mut b) = (vec![], vec![]);
+    for _ in 0..3 {
+        a.push(steps(&whole, k)?);
+        b.push(steps(&split, k)?);
+    }
+    Ok((median(a), median(b)))
 }
 
 /// Time `s` with each candidate; returns the chosen tiling, the rule's time and the chosen

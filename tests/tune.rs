@@ -13,8 +13,8 @@ use gomaflow_wgpu::gpu::{AdapterChoice, Gpu};
 use gomaflow_wgpu::kernels::tiling::ConvTiling;
 use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::rng::stream;
-use gomaflow_wgpu::tape::{Fusion, Mode, Tape, TapeSpec, conv_specs};
-use gomaflow_wgpu::tune::{Choice, Source, TuneMode, Tuner};
+use gomaflow_wgpu::tape::{Fusion, Mode, Tape, TapeSpec, can_fuse, conv_specs};
+use gomaflow_wgpu::tune::{Choice, Record, Source, TuneMode, Tuner};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -152,6 +152,10 @@ fn resume_installs_recorded_tilings() {
         })
         .collect();
     let path = dir.join("tilings.json");
+    let record = Record {
+        convolutions: record,
+        fusion: BTreeMap::new(),
+    };
     std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
 
     // Even asked to measure everything, a resumed run takes the record.
@@ -161,7 +165,10 @@ fn resume_installs_recorded_tilings() {
         assert!(key.is_empty(), "measured {key}")
     })
     .unwrap();
-    assert_eq!(sources(&t), vec![Source::Recorded; record.len()]);
+    assert_eq!(
+        sources(&t),
+        vec![Source::Recorded; record.convolutions.len()]
+    );
     for s in conv_specs(&g, &spec) {
         assert_eq!(s.tiling, odd, "{}", s.tune_key());
     }
@@ -198,5 +205,55 @@ fn resume_installs_recorded_tilings() {
         &losses[1..],
         1e-5,
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under `Fusion::Auto`, whole layers against one launch per kernel is measured once, installed
+/// (the tape built next follows it, and only the convolutions it runs per kernel are tuned),
+/// cached, and read back; a tape whose fusion is forced is not measured.
+#[test]
+fn whole_layers_or_per_kernel_is_measured_and_cached() {
+    let dir = scratch_dir("tune-fusion");
+    let cache = dir.join("tilings.json");
+    let spec = TapeSpec {
+        fusion: Fusion::Auto,
+        ..small_spec()
+    };
+    let key = spec.fusion_key();
+    let g = own_gpu();
+    assert!(can_fuse(&g, &spec));
+    let mut t = Tuner::with_cache(&g, TuneMode::Auto, Some(cache.clone()));
+    t.prepare(&spec, &mut |_, _, _| {}).unwrap();
+    let c = t.fusion[&key].clone();
+    assert_eq!(c.source, Source::Measured);
+    assert!(c.best_ms.unwrap() <= c.rule_ms.unwrap(), "{c:?}");
+    assert_eq!(g.fusion_choice(&key), Some(c.whole_layers));
+    let params = g.upload_params(&spec.flow.init_params(1)).unwrap();
+    let counter = g.upload("counter", &[0u32; 4]).unwrap();
+    let tape = Tape::new(&g, spec.clone(), &params, &counter).unwrap();
+    assert_eq!(tape.fused_layers(), c.whole_layers);
+    // Whole layers leave no convolution per kernel (the tutorial-sized layers all fit).
+    assert_eq!(
+        t.choices.is_empty(),
+        c.whole_layers,
+        "{:?}",
+        t.choices.keys()
+    );
+    t.save_cache();
+
+    let g2 = own_gpu();
+    let mut t2 = Tuner::with_cache(&g2, TuneMode::Auto, Some(cache));
+    t2.prepare(&spec, &mut |_, _, key| panic!("measured {key}"))
+        .unwrap();
+    assert_eq!(t2.fusion[&key].source, Source::Cached);
+    assert_eq!(t2.fusion[&key].whole_layers, c.whole_layers);
+    assert_eq!(g2.fusion_choice(&key), Some(c.whole_layers));
+    let forced = TapeSpec {
+        fusion: Fusion::On,
+        batch: 3,
+        ..spec
+    };
+    t2.prepare(&forced, &mut |_, _, _| {}).unwrap();
+    assert!(!t2.fusion.contains_key(&forced.fusion_key()));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -196,6 +196,9 @@ pub struct Gpu {
     /// Convolution tilings chosen for this adapter by `crate::tune` (or read back from a run
     /// directory), by `ConvSpec::tune_key`; a convolution not listed takes its rule's.
     conv_tilings: Mutex<HashMap<String, crate::kernels::tiling::ConvTiling>>,
+    /// Whole layers (true) or one launch per kernel, chosen for this adapter by `crate::tune`
+    /// for `Fusion::Auto` tapes, by `TapeSpec::fusion_key`.
+    fusion_choices: Mutex<HashMap<String, bool>>,
     /// A 16-byte uniform buffer for optional uniform bindings a kernel does not read.
     pub dummy_uniform: GpuBuffer,
     /// A 16-byte storage buffer for storage bindings a specialisation does not touch (WGSL
@@ -275,6 +278,7 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             conv_tilings: Mutex::new(HashMap::new()),
+            fusion_choices: Mutex::new(HashMap::new()),
             dummy_uniform,
             dummy_storage,
             error,
@@ -297,6 +301,20 @@ impl Gpu {
     /// The tiling chosen for the convolution `key` (`ConvSpec::tune_key`), if one was.
     pub fn conv_tiling(&self, key: &str) -> Option<crate::kernels::tiling::ConvTiling> {
         self.conv_tilings.lock().unwrap().get(key).copied()
+    }
+
+    /// Whether `Fusion::Auto` tapes `key` (`TapeSpec::fusion_key`) run whole layers, where
+    /// that was chosen.
+    pub fn fusion_choice(&self, key: &str) -> Option<bool> {
+        self.fusion_choices.lock().unwrap().get(key).copied()
+    }
+
+    /// Run `Fusion::Auto` tapes `key` with whole layers (`true`) or per kernel from now on.
+    pub fn set_fusion_choice(&self, key: &str, whole: bool) {
+        self.fusion_choices
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), whole);
     }
 
     /// Use `tiling` for every convolution `key` built from now on.
