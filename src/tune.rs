@@ -109,8 +109,10 @@ pub struct Record {
 
 /// A candidate must beat the rule's time by this fraction to replace it.
 const MIN_GAIN: f64 = 0.03;
-/// Timed repetitions of each candidate (the median is kept), after one warm-up run.
+/// Timed repetitions of each candidate (the median is kept), after one warm-up run; one for
+/// kernels whose warm-up run took longer than `LONG`.
 const REPS: usize = 3;
+const LONG: Duration = Duration::from_millis(50);
 /// Measuring stops once this much time has gone (the remaining kernels keep the rule and are
 /// not cached, so a later run measures them).
 const BUDGET: Duration = Duration::from_secs(300);
@@ -640,8 +642,12 @@ fn measure(
                 .chain(conv.backward.get(2))
                 .collect()
         };
+        // The warm-up run, timed by the wall clock: a long kernel is timed once (the
+        // confirmation against the rule repeats what matters).
+        let warm = Instant::now();
         gpu.run(&ds)?;
-        Ok(gpu.time_dispatches(&ds, REPS)?.iter().sum())
+        let reps = if warm.elapsed() > LONG { 1 } else { REPS };
+        Ok(gpu.time_dispatches(&ds, reps)?.iter().sum())
     };
     let log = std::env::var_os("GOMAFLOW_TUNE_LOG").is_some();
     // Keep `best` unless a candidate beats it by MIN_GAIN.
