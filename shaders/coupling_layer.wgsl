@@ -141,6 +141,31 @@ fn out_grad(y: f32, a: u32) -> f32 {
     return activate_grad(y, a);
 }
 
+// Branch c's outputs `acc` of a hidden stage (thread sites from s0) into the stage's running
+// `sum`; with KEEP, each also to h[keep_at + co V + s].
+fn fold_branch(
+    c: u32,
+    s0: u32,
+    keep_at: u32,
+    acc: ptr<function, array<f32, SPT * HID>>,
+    sum: ptr<function, array<f32, SPT * HID>>,
+) {
+    for (var k = 0u; k < SPT; k++) {
+        let s = s0 + k * WG;
+        for (var co = 0u; co < HID; co++) {
+            let o = branch_out((*acc)[k * HID + co], ACT_LEAKY);
+            if c == 0u {
+                (*sum)[k * HID + co] = o;
+            } else {
+                (*sum)[k * HID + co] += o;
+            }
+            if KEEP == 1u && s < V {
+                h[keep_at + co * V + s] = o;
+            }
+        }
+    }
+}
+
 // Where `h` keeps hidden stage m's branch c and the last stage's branch c (`KEEP`).
 fn hb_hidden(m: u32, c: u32) -> u32 {
     return p.hb_off + (m * BR + c) * (p.batch * (1u + Z2) * HID * V);
@@ -197,20 +222,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         }
                     }
                 }
-                for (var k = 0u; k < SPT; k++) {
-                    let s = s0 + k * WG;
-                    for (var co = 0u; co < HID; co++) {
-                        let o = branch_out(acc[k * HID + co], ACT_LEAKY);
-                        if c == 0u {
-                            sum[k * HID + co] = o;
-                        } else {
-                            sum[k * HID + co] += o;
-                        }
-                        if KEEP == 1u && s < V {
-                            h[hb_hidden(0u, c) + (nb * HID + co) * V + s] = o;
-                        }
-                    }
-                }
+                fold_branch(c, s0, hb_hidden(0u, c) + nb * HID * V, &acc, &sum);
             }
             for (var k = 0u; k < SPT; k++) {
                 let s = s0 + k * WG;
@@ -264,20 +276,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                             }
                         }
                     }
-                    for (var k = 0u; k < SPT; k++) {
-                        let s = s0 + k * WG;
-                        for (var co = 0u; co < HID; co++) {
-                            let o = branch_out(acc[k * HID + co], ACT_LEAKY);
-                            if c == 0u {
-                                sum[k * HID + co] = o;
-                            } else {
-                                sum[k * HID + co] += o;
-                            }
-                            if KEEP == 1u && s < V {
-                                h[hb_hidden(m + 1u, c) + (nb * HID + co) * V + s] = o;
-                            }
-                        }
-                    }
+                    fold_branch(c, s0, hb_hidden(m + 1u, c) + nb * HID * V, &acc, &sum);
                 }
                 for (var k = 0u; k < SPT; k++) {
                     let s = s0 + k * WG;

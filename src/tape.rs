@@ -363,11 +363,8 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, uniform_params: bool, l: usize) -> Ex
         .limits
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
-    let (_, h_len) = activation_offsets(
-        ls.net_batch(),
-        spec.flow.lattice.volume(),
-        &spec.flow.nets[l].channels(),
-    );
+    // The training activation buffer, the branches' outputs of a combinational layer included.
+    let h_len = ls.h_len();
     let forward = spec.fusion.wanted(gpu, spec)
         && uniform_params
         && ls.unfusable(gpu).is_none()
@@ -586,10 +583,9 @@ impl Buffers {
                 (Exec::Whole | Exec::WholeForward, true) => {
                     let ch = flow.nets[l].channels();
                     let nb = b * flow.nets[l].coupling.net_batch_factor();
-                    let (off, len) = activation_offsets(nb, v, &ch);
-                    // A combinational layer's branch outputs follow the stages'.
-                    let len = len + layer_spec(spec, l).branch_len();
-                    let buf = pl.f32(format!("h[{l}]"), len)?;
+                    let (off, _) = activation_offsets(nb, v, &ch);
+                    // The stages' outputs, then a combinational layer's branches'.
+                    let buf = pl.f32(format!("h[{l}]"), layer_spec(spec, l).h_len())?;
                     Activations {
                         convs: (0..ch.len() - 1)
                             .map(|j| buf.range(4 * off[j] as u64, (4 * nb * ch[j + 1] * v) as u64))

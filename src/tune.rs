@@ -299,7 +299,7 @@ impl<'g> Tuner<'g> {
             let cache_key = format!("{} | {key}", self.adapter);
             let cached = self.cache.entries.get(&cache_key).cloned();
             match (self.mode, cached) {
-                (TuneMode::Off, _) => self.keep(&key, s.tiling, Source::Rule, None),
+                (TuneMode::Off, _) => self.keep_rule(&key, s.tiling),
                 (TuneMode::Auto, Some(c)) if Conv::tiling_valid(&s, &c.tiling) => {
                     self.gpu.set_conv_tiling(&key, c.tiling);
                     self.choices.insert(
@@ -321,7 +321,7 @@ impl<'g> Tuner<'g> {
         for (i, s) in todo.into_iter().enumerate() {
             let key = s.tune_key();
             if self.spent >= BUDGET {
-                self.keep(&key, s.tiling, Source::Rule, None);
+                self.keep_rule(&key, s.tiling);
                 continue;
             }
             progress(i, total, &key);
@@ -407,14 +407,15 @@ impl<'g> Tuner<'g> {
         Ok(())
     }
 
-    fn keep(&mut self, key: &str, tiling: ConvTiling, source: Source, us: Option<f64>) {
+    /// The rule's tiling for `key`, recorded as such (nothing installed: the rule applies).
+    fn keep_rule(&mut self, key: &str, tiling: ConvTiling) {
         self.choices.insert(
             key.to_string(),
             Choice {
                 tiling,
-                source,
-                rule_us: us,
-                best_us: us,
+                source: Source::Rule,
+                rule_us: None,
+                best_us: None,
             },
         );
     }
