@@ -39,54 +39,80 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Streams f32 rows into a NumPy .npy file of a known shape, under a temporary name until
+/// The header of a NumPy .npy file (format 1.0): `descr` is the Python literal of the dtype
+/// (`'<f4'`, or a list of fields for a structured dtype), `shape` = [rows, dims...].
+pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': {shape_s}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out
+}
+
+/// Streams rows into a NumPy .npy file of a known shape, under a temporary name until
 /// `finish` renames it into place.
 pub struct NpyWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
     rows_left: usize,
-    row_len: usize,
+    row_bytes: usize,
 }
 
 impl NpyWriter {
-    /// `shape` = [rows, dims...]; each `write_row` takes the product of dims values.
+    /// An f32 array: `shape` = [rows, dims...]; each `write_row` takes the product of dims values.
     pub fn create(path: &Path, shape: &[usize]) -> Result<NpyWriter> {
+        Self::create_typed(
+            path,
+            "'<f4'",
+            shape,
+            4 * shape[1..].iter().product::<usize>(),
+        )
+    }
+
+    /// Rows of `row_bytes` bytes each, of the dtype `descr` (see `npy_header`).
+    pub fn create_typed(
+        path: &Path,
+        descr: &str,
+        shape: &[usize],
+        row_bytes: usize,
+    ) -> Result<NpyWriter> {
         let tmp = temp_path(path);
         let f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", path.display()))?;
         let mut out = std::io::BufWriter::new(f);
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let shape_s = if dims.len() == 1 {
-            format!("({},)", dims[0])
-        } else {
-            format!("({})", dims.join(", "))
-        };
-        let mut header =
-            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
-        // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        out.write_all(b"\x93NUMPY\x01\x00")?;
-        out.write_all(&(header.len() as u16).to_le_bytes())?;
-        out.write_all(header.as_bytes())?;
+        out.write_all(&npy_header(descr, shape))?;
         Ok(NpyWriter {
             path: path.to_path_buf(),
             tmp,
             out,
             rows_left: shape[0],
-            row_len: shape[1..].iter().product(),
+            row_bytes,
         })
     }
 
     pub fn write_row(&mut self, row: &[f32]) -> Result<()> {
+        self.write_bytes(bytemuck::cast_slice(row))
+    }
+
+    /// One row as raw little-endian bytes.
+    pub fn write_bytes(&mut self, row: &[u8]) -> Result<()> {
         anyhow::ensure!(
-            row.len() == self.row_len && self.rows_left > 0,
+            row.len() == self.row_bytes && self.rows_left > 0,
             "npy row of the wrong size"
         );
-        self.out.write_all(bytemuck::cast_slice(row))?;
+        self.out.write_all(row)?;
         self.rows_left -= 1;
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod plots;
 pub mod proposals;
 pub mod rng;
 pub mod sample;
+pub mod shards;
 pub mod tape;
 pub mod train;
 pub mod tune;

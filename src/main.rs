@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use gomaflow_wgpu::commands;
 use gomaflow_wgpu::commands::bench::BenchArgs;
 use gomaflow_wgpu::commands::hmc::HmcArgs;
+use gomaflow_wgpu::commands::merge::MergeArgs;
 use gomaflow_wgpu::commands::sample::SampleArgs;
 use gomaflow_wgpu::commands::train::TrainArgs;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Train(TrainArgs),
     /// Run the exact Markov chain a trained flow drives and measure observables with errors.
     Sample(SampleArgs),
+    /// Merge the shards of `sample --shard I/N` into one analysis (errors over the replicas).
+    Merge(MergeArgs),
     /// HMC on the GPU for a config's action: the baseline every flow result is checked against.
     Hmc(HmcArgs),
     /// Time the training step, every kernel, and sampling for a config (the tutorial if none).
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Sample(args) => commands::sample::run(args).map(|()| 0),
+        Command::Merge(args) => commands::merge::run(args).map(|()| 0),
         Command::Hmc(args) => commands::hmc::run(args).map(|()| 0),
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Devices => commands::devices::run().map(|()| 0),

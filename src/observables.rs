@@ -222,28 +222,153 @@ pub fn jackknife(replicas: &[Vec<Vec<f64>>], bin: usize, f: &dyn Fn(&[f64]) -> f
 /// independence Metropolis chain, rho(t) is the probability of t consecutive rejections,
 /// estimated from the chain; tau = 1/2 + sum_t rho(t).
 pub fn tau_acceptance(accepted: &[bool]) -> f64 {
-    let n = accepted.len();
+    tau_acceptance_replicas(&[accepted])
+}
+
+/// `tau_acceptance` over independent chains of one flow: rho(t) estimated from the runs of
+/// rejections of every chain together.
+pub fn tau_acceptance_replicas(replicas: &[&[bool]]) -> f64 {
+    // runs[r][i] = length of the run of rejections ending at step i of chain r.
+    let runs: Vec<Vec<usize>> = replicas
+        .iter()
+        .map(|accepted| {
+            let mut runs = vec![0usize; accepted.len()];
+            for i in 0..accepted.len() {
+                runs[i] = if accepted[i] {
+                    0
+                } else if i > 0 {
+                    runs[i - 1] + 1
+                } else {
+                    1
+                };
+            }
+            runs
+        })
+        .collect();
+    let longest = replicas.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut tau = 0.5;
-    // run[i] = length of the run of rejections ending at step i.
-    let mut runs = vec![0usize; n];
-    for i in 0..n {
-        runs[i] = if accepted[i] {
-            0
-        } else if i > 0 {
-            runs[i - 1] + 1
-        } else {
-            1
-        };
-    }
-    for t in 1..n {
+    for t in 1..longest {
         // Steps i+1..i+t all rejected <=> the run ending at i+t is at least t long.
-        let hits = runs[t..].iter().filter(|&&r| r >= t).count();
+        let (mut hits, mut pairs) = (0usize, 0usize);
+        for r in runs.iter().filter(|r| r.len() > t) {
+            hits += r[t..].iter().filter(|&&x| x >= t).count();
+            pairs += r.len() - t;
+        }
         if hits == 0 {
             break;
         }
-        tau += hits as f64 / (n - t) as f64;
+        tau += hits as f64 / pairs as f64;
     }
     tau
+}
+
+/// Whether independent chains of one observable agree with each other: each chain's mean and
+/// Wolff error against the mean of all, chi^2 = sum_r ((mean_r - mean) / error_r)^2 on R - 1
+/// degrees of freedom, and its Q value (the probability of a chi^2 at least this large). Wolff
+/// (2004) recommends this check of replicas; a Q below about 0.01 says the chains disagree more
+/// than their errors allow (a chain not in equilibrium, errors too small, or a bad shard).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Consistency {
+    pub chi2: f64,
+    pub dof: usize,
+    pub q: f64,
+}
+
+pub fn replica_consistency(replicas: &[&[f64]]) -> Consistency {
+    let all = wolff(replicas);
+    let chi2 = replicas
+        .iter()
+        .map(|r| {
+            let a = wolff(&[r]);
+            ((a.mean - all.mean) / a.error).powi(2)
+        })
+        .sum::<f64>();
+    let dof = replicas.len().saturating_sub(1);
+    Consistency {
+        chi2,
+        dof,
+        q: if dof == 0 {
+            1.0
+        } else {
+            gamma_q(dof as f64 / 2.0, chi2 / 2.0)
+        },
+    }
+}
+
+/// The regularised upper incomplete gamma function Q(a, x) = Gamma(a, x) / Gamma(a): the series
+/// for x < a + 1, Lentz's continued fraction above (Numerical Recipes, section 6.2).
+pub fn gamma_q(a: f64, x: f64) -> f64 {
+    if x.is_nan() {
+        return f64::NAN;
+    }
+    if x <= 0.0 {
+        return 1.0;
+    }
+    let ln_prefactor = a * x.ln() - x - ln_gamma(a);
+    if x < a + 1.0 {
+        let (mut term, mut sum, mut ap) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..1000 {
+            ap += 1.0;
+            term *= x / ap;
+            sum += term;
+            if term.abs() < sum.abs() * 1e-16 {
+                break;
+            }
+        }
+        1.0 - sum * ln_prefactor.exp()
+    } else {
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / tiny;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..1000 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = b + an / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let del = d * c;
+            h *= del;
+            if (del - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        ln_prefactor.exp() * h
+    }
+}
+
+/// ln Gamma(x) for x > 0 (Lanczos, g = 7, n = 9; relative error below 1e-15).
+pub fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection.
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let mut s = C[0];
+    for (i, c) in C.iter().enumerate().skip(1) {
+        s += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + s.ln()
 }
 
 /// Effective mass m_eff(t) = arccosh[(C(t-1) + C(t+1)) / (2 C(t))] for t = 1..L-2

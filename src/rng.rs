@@ -7,7 +7,9 @@
 /// so two uses with different streams never share numbers. All identifiers live here.
 pub mod stream {
     /// The GPU prior's draws (`kernels::prior`): training batches, each epoch's evaluation,
-    /// and `sample`'s proposals.
+    /// and `sample`'s proposals. Shard I of N of `sample` takes the draw indices I, I + N,
+    /// I + 2N, ... of SAMPLE, so no two shards share a proposal, and the N shards together
+    /// draw the batches of one chain.
     pub const TRAIN: u32 = 0;
     pub const EVAL: u32 = 1;
     pub const SAMPLE: u32 = 2;
@@ -22,6 +24,16 @@ pub mod stream {
     /// HMC's accept/reject decisions and its trajectory-length jitter.
     pub const HMC: u32 = 0x4D43;
     pub const HMC_JITTER: u32 = 0x4A17;
+
+    /// The most shards one chain can be split into (their streams stay in their own ranges).
+    pub const MAX_SHARDS: u32 = 1 << 30;
+
+    /// The accept/reject stream of shard I: shard 0 the unsharded chain's, shard I > 0
+    /// `0xC000_0000 + I`, a range no other stream uses.
+    pub fn sample_mh_shard(i: u32) -> u32 {
+        assert!(i < MAX_SHARDS);
+        if i == 0 { SAMPLE_MH } else { 0xC000_0000 + i }
+    }
 }
 
 const M0: u32 = 0xD251_1F53;

@@ -9,10 +9,11 @@ use crate::flow::FlowSpec;
 use crate::gpu::Gpu;
 use crate::kernels::reduce::reference::ess_per_sample;
 use crate::lattice::Lattice;
-use crate::observables::{Measurement, pareto_k, tau_acceptance};
+use crate::observables::{Measurement, pareto_k, tau_acceptance_replicas};
 use crate::proposals::Proposer;
 use crate::rng::Philox;
 use crate::rng::stream;
+use crate::shards::{ShardId, ShardWriter};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,6 +29,8 @@ pub struct SampleOptions {
     /// Use checkpoint.safetensors instead of best.safetensors.
     pub latest: bool,
     pub save_npy: Option<PathBuf>,
+    /// Run chain I of N with its own streams and write its measurements to `dir/shards/`.
+    pub shard: Option<ShardId>,
 }
 
 pub struct SampleRun {
@@ -36,12 +39,50 @@ pub struct SampleRun {
     /// Primaries of the chain's state at each step after burn-in.
     pub primaries: Vec<Vec<f64>>,
     pub accepted: Vec<bool>,
+    /// log w of every proposal, burn-in included.
+    pub logw: Vec<f64>,
     pub acceptance: f64,
     pub ess: f64,
     /// Pareto k of the weights' tail (PSIS): above 0.7 the chain's errors are not trustworthy.
     pub pareto_k: f64,
     pub tau_acc: f64,
     pub seconds: f64,
+    /// The proposals' seed.
+    pub seed: u64,
+}
+
+/// The chain-level statistics `sample` and `merge` report, over one or more independent chains.
+pub struct ChainStats {
+    /// Accepted fraction of the steps after burn-in (the start excluded).
+    pub acceptance: f64,
+    pub ess: f64,
+    pub pareto_k: f64,
+    pub tau_acc: f64,
+}
+
+/// One chain's record for `ChainStats`: log w and the decision of every step, burn-in included.
+pub struct ChainRecord<'a> {
+    pub logw: &'a [f64],
+    pub accepted: &'a [bool],
+    pub burn_in: usize,
+}
+
+impl ChainStats {
+    pub fn of(chains: &[ChainRecord]) -> ChainStats {
+        let after: Vec<&[bool]> = chains
+            .iter()
+            .map(|c| &c.accepted[c.burn_in.max(1).min(c.accepted.len())..])
+            .collect();
+        let steps: usize = after.iter().map(|a| a.len()).sum();
+        let acc: usize = after.iter().map(|a| a.iter().filter(|&&x| x).count()).sum();
+        let logw: Vec<f64> = chains.iter().flat_map(|c| c.logw.iter().copied()).collect();
+        ChainStats {
+            acceptance: acc as f64 / steps.max(1) as f64,
+            ess: ess_per_sample(&logw),
+            pareto_k: pareto_k(&logw),
+            tau_acc: tau_acceptance_replicas(&after),
+        }
+    }
 }
 
 /// The config and the checkpoint a run directory offers.
@@ -87,6 +128,17 @@ pub fn run(
     let params = gpu.upload_params(&ck.params)?;
     let seed = o.seed.unwrap_or(cfg.training.seed);
     let batch = o.batch.min(o.samples);
+    // Shard I of N draws batches I, I + N, ... and decides with its own uniforms; shard 0 of 1
+    // is the unsharded chain.
+    let (shard, shards) = o.shard.map_or((0, 1), |s| (s.index, s.count));
+    let batches = o.samples.div_ceil(batch) as u64;
+    if (batches - 1) * shards as u64 + shard as u64 > u32::MAX as u64 {
+        bail!(
+            "--samples {} in batches of {batch} over {shards} shards needs more than 2^32 GPU \
+             draws: raise --batch",
+            o.samples
+        );
+    }
     let proposer = Proposer::new(gpu, &cfg, &params, batch, seed, stream::SAMPLE, "--batch")?;
     let lat = Lattice::new(cfg.physical.nd, cfg.physical.l);
     let v = lat.volume();
@@ -98,9 +150,13 @@ pub fn run(
         }
         None => None,
     };
+    let mut rows = match o.shard {
+        Some(id) => Some(ShardWriter::create(dir, id, &lat, o.samples)?),
+        None => None,
+    };
 
     let start = Instant::now();
-    let mut rng = Philox::new(seed, stream::SAMPLE_MH);
+    let mut rng = Philox::new(seed, stream::sample_mh_shard(shard));
     let mut logw_all = Vec::with_capacity(o.samples);
     let mut accepted = Vec::with_capacity(o.samples);
     let mut primaries = Vec::with_capacity(o.samples - o.burn_in);
@@ -110,7 +166,7 @@ pub fn run(
     let mut draw = 0u32;
     while logw_all.len() < o.samples {
         let take = batch.min(o.samples - logw_all.len());
-        let p = proposer.draw(gpu, draw, take, true, |_| {})?;
+        let p = proposer.draw(gpu, draw * shards + shard, take, true, |_| {})?;
         draw += 1;
         for (k, lw) in p.logw().into_iter().enumerate() {
             let i = logw_all.len();
@@ -125,6 +181,9 @@ pub fn run(
             }
             accepted.push(acc);
             logw_all.push(lw);
+            if let Some(w) = rows.as_mut() {
+                w.push(&cur_meas, lw, acc)?;
+            }
             if i >= o.burn_in {
                 primaries.push(cur_meas.clone());
                 if let Some(w) = npy.as_mut() {
@@ -137,16 +196,26 @@ pub fn run(
     if let Some(w) = npy {
         w.finish()?;
     }
-    let after = &accepted[o.burn_in.max(1)..];
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(w) = rows {
+        w.finish()?;
+    }
+    let stats = ChainStats::of(&[ChainRecord {
+        logw: &logw_all,
+        accepted: &accepted,
+        burn_in: o.burn_in,
+    }]);
     Ok(SampleRun {
         cfg,
         checkpoint: ck_path,
-        acceptance: after.iter().filter(|&&a| a).count() as f64 / after.len().max(1) as f64,
-        ess: ess_per_sample(&logw_all),
-        pareto_k: pareto_k(&logw_all),
-        tau_acc: tau_acceptance(after),
+        acceptance: stats.acceptance,
+        ess: stats.ess,
+        pareto_k: stats.pareto_k,
+        tau_acc: stats.tau_acc,
         primaries,
         accepted,
-        seconds: start.elapsed().as_secs_f64(),
+        logw: logw_all,
+        seconds,
+        seed,
     })
 }

@@ -140,6 +140,12 @@ fn bad_flags() {
     fails_cleanly(&run(&["sample", "/tmp", "--samples", "0"]), &["--samples"]);
     fails_cleanly(&run(&["train", "x.toml", "--epochs", "0"]), &["--epochs"]);
     fails_cleanly(&run(&["hmc", "x.toml", "--chains", "0"]), &["--chains"]);
+    for bad in ["4/4", "1", "a/b", "0/0"] {
+        fails_cleanly(
+            &run(&["sample", "/tmp", "--shard", bad]),
+            &["--shard", "expected I/N with 0 <= I < N"],
+        );
+    }
     fails_cleanly(
         &run(&["train", "x.toml", "--no-such-flag"]),
         &["--no-such-flag"],
@@ -187,6 +193,7 @@ fn unwritable_output_and_missing_runs() {
         &["run directory /no/such/run does not exist"],
     );
     fails_cleanly(&run(&["sample", dir.to_str().unwrap()]), &["config.toml"]);
+    fails_cleanly(&run(&["merge", dir.to_str().unwrap()]), &["config.toml"]);
     fails_cleanly(
         &run(&[
             "train",

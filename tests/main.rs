@@ -20,6 +20,7 @@ mod prior;
 mod reduce;
 mod sample;
 mod shaders;
+mod shards;
 mod tape;
 mod train;
 mod tune;

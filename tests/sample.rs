@@ -14,34 +14,11 @@ use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::mcmc::{HmcOptions, run_hmc};
 use gomaflow_wgpu::observables::{Summary, free};
 use gomaflow_wgpu::sample::{self, SampleOptions};
-use gomaflow_wgpu::train::{Outcome, TrainOptions, train};
-use gomaflow_wgpu::tune::TuneMode;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 
 /// `config` with a higher learning rate (the free field trains stably at 3e-3).
 fn with_lr(text: String, lr: f64) -> String {
     text.replace("base_lr = 0.001", &format!("base_lr = {lr}"))
-}
-
-fn trained(name: &str, text: &str) -> PathBuf {
-    let dir = tmpdir(name);
-    let cfg = load(&dir, text);
-    let out = dir.join("run");
-    let o = train(
-        gpu(),
-        &cfg,
-        &TrainOptions {
-            out: out.clone(),
-            resume: false,
-            epochs: None,
-            tune: TuneMode::Off,
-        },
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    assert!(matches!(o, Outcome::Finished { .. }));
-    out
 }
 
 fn chain(
@@ -56,6 +33,7 @@ fn chain(
         batch: 1024,
         latest: false,
         save_npy: npy,
+        shard: None,
     };
     let r = sample::run(gpu(), run, &opts, |_| {}).unwrap();
     let lat = Lattice::new(r.cfg.physical.nd, r.cfg.physical.l);

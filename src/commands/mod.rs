@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod devices;
 pub mod hmc;
+pub mod merge;
 pub mod sample;
 pub mod train;
 

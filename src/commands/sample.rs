@@ -6,7 +6,8 @@ use crate::gpu::{AdapterChoice, Gpu};
 use crate::lattice::Lattice;
 use crate::observables::Summary;
 use crate::plots::{self, Panel};
-use crate::sample::{self, SampleOptions};
+use crate::sample::{self, ChainStats, SampleOptions};
+use crate::shards::{self, ShardId};
 use crate::tape::{Fusion, Mode, TapeSpec};
 use crate::tune::{self, TuneMode};
 use anyhow::Result;
@@ -85,8 +86,75 @@ pub struct SampleArgs {
     /// auto (measured on this adapter once, then read from the cache), full (measure again).
     #[arg(long, value_enum, default_value_t = TuneMode::Off)]
     pub tune: TuneMode,
+    /// Run chain I of N (0 <= I < N) with its own random streams, and write its measurements to
+    /// RUN_DIR/shards/ for `merge`; e.g. `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<ShardId>,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// The JSON fields `sample` and `merge` share: the chain statistics, the observables and the
+/// correlator (see README, "sample --json").
+pub fn chain_json(
+    samples: usize,
+    burn_in: usize,
+    stats: &ChainStats,
+    seconds: f64,
+    s: &Summary,
+) -> serde_json::Map<String, serde_json::Value> {
+    let per_sample = seconds / samples as f64;
+    let (obs, corr) = s.json();
+    let j = serde_json::json!({
+        "samples": samples,
+        "burn_in": burn_in,
+        "acceptance": stats.acceptance,
+        "ess_per_sample": stats.ess,
+        "pareto_k": stats.pareto_k,
+        "tau_int_acc": stats.tau_acc,
+        "seconds": seconds,
+        "seconds_per_sample": per_sample,
+        "cost_per_independent_sample_s": s.cost_json(per_sample),
+        "observables": obs,
+        "correlator": corr,
+    });
+    match j {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+/// The table `sample` and `merge` print after their first line.
+pub fn print_chain(samples: usize, burn_in: usize, stats: &ChainStats, seconds: f64, s: &Summary) {
+    let per_sample = seconds / samples as f64;
+    println!(
+        "{} proposals, burn-in {}: acceptance {:.4}, ESS per sample {:.4}, Pareto k {:.2}, \
+         acceptance-based tau_int {:.2}; {:.2} s ({:.2e} s per sample)",
+        samples,
+        burn_in,
+        stats.acceptance,
+        stats.ess,
+        stats.pareto_k,
+        stats.tau_acc,
+        seconds,
+        per_sample
+    );
+    s.print_cost(per_sample);
+    s.print();
+}
+
+/// The warning of a flow whose weights make the chain's errors untrustworthy.
+pub fn warn_heavy_tails(stats: &ChainStats) {
+    if stats.pareto_k > HIGH_PARETO_K || stats.ess < LOW_ESS {
+        eprintln!(
+            "warning: the flow's weights are heavy-tailed (Pareto k {:.2}, ESS per sample {:.4}): \
+             the flow misses part of the target, mostly at large |phi|. The chain is exact in the \
+             limit, but a finite one under-samples what the flow misses, so averages are biased \
+             and their error bars too small, however good the acceptance ({:.3}) looks. Train \
+             longer, or check against `gomaflow-wgpu hmc`.",
+            stats.pareto_k, stats.ess, stats.acceptance
+        );
+    }
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
@@ -99,6 +167,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         batch: args.batch as usize,
         latest: args.latest,
         save_npy: args.save_npy,
+        shard: args.shard,
     };
     let (cfg, _) = sample::open_run(&dir, opts.latest)?;
     let gpu = Gpu::new(&AdapterChoice::new(
@@ -113,47 +182,69 @@ pub fn run(args: SampleArgs) -> Result<()> {
         ..TapeSpec::training(&cfg)
     };
     tune::choose(&gpu, args.tune, &[sampling], None)?;
+    let what = match opts.shard {
+        Some(id) => format!("sample shard {id} "),
+        None => "sample ".to_string(),
+    };
     let pb = ProgressBar::new(opts.samples as u64);
     pb.set_style(
-        ProgressStyle::with_template("sample [{bar:30}] {pos}/{len} proposals {per_sec} ETA {eta}")
-            .unwrap()
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{what}[{{bar:30}}] {{pos}}/{{len}} proposals {{per_sec}} ETA {{eta}}"
+        ))
+        .unwrap()
+        .progress_chars("=> "),
     );
     let r = sample::run(&gpu, &dir, &opts, |n| pb.set_position(n as u64))?;
     pb.finish_and_clear();
     let lat = Lattice::new(r.cfg.physical.nd, r.cfg.physical.l);
     let s = Summary::of(&lat, std::slice::from_ref(&r.primaries));
+    let stats = ChainStats {
+        acceptance: r.acceptance,
+        ess: r.ess,
+        pareto_k: r.pareto_k,
+        tau_acc: r.tau_acc,
+    };
+    let mut j = chain_json(opts.samples, opts.burn_in, &stats, r.seconds, &s);
+    j.insert("run".into(), dir.display().to_string().into());
+    j.insert(
+        "checkpoint".into(),
+        r.checkpoint.display().to_string().into(),
+    );
+    j.insert("adapter".into(), gpu.describe().into());
+    // A shard's summary, beside its rows; `merge` checks the set with these fields.
+    let shard_files = match opts.shard {
+        Some(id) => {
+            let mut sj = j.clone();
+            sj.insert("format".into(), shards::FORMAT.into());
+            sj.insert("shard".into(), id.index.into());
+            sj.insert("shards".into(), id.count.into());
+            sj.insert("seed".into(), r.seed.into());
+            sj.insert("batch".into(), opts.batch.min(opts.samples).into());
+            sj.insert(
+                "config_fingerprint".into(),
+                shards::fingerprint(&dir.join("config.toml"))?.into(),
+            );
+            let ck_name = r.checkpoint.file_name().unwrap_or_default();
+            sj.insert("checkpoint".into(), ck_name.to_string_lossy().into());
+            sj.insert(
+                "checkpoint_fingerprint".into(),
+                shards::fingerprint(&r.checkpoint)?.into(),
+            );
+            shards::write_summary(&dir, id, &serde_json::Value::Object(sj))?;
+            Some(id.paths(&dir))
+        }
+        None => None,
+    };
+    // A shard is one part of a chain: the plot is `merge`'s to draw.
     let png = dir.join("correlator.png");
-    plot_correlator(&png, &s, "flow + MH")?;
-    let per_sample = r.seconds / opts.samples as f64;
-    if r.pareto_k > HIGH_PARETO_K || r.ess < LOW_ESS {
-        eprintln!(
-            "warning: the flow's weights are heavy-tailed (Pareto k {:.2}, ESS per sample {:.4}): \
-             the flow misses part of the target, mostly at large |phi|. The chain is exact in the \
-             limit, but a finite one under-samples what the flow misses, so averages are biased \
-             and their error bars too small, however good the acceptance ({:.3}) looks. Train \
-             longer, or check against `gomaflow-wgpu hmc`.",
-            r.pareto_k, r.ess, r.acceptance
-        );
+    if opts.shard.is_none() {
+        plot_correlator(&png, &s, "flow + MH")?;
     }
+    warn_heavy_tails(&stats);
     if json {
-        let (obs, corr) = s.json();
-        let j = serde_json::json!({
-            "run": dir.display().to_string(),
-            "checkpoint": r.checkpoint.display().to_string(),
-            "adapter": gpu.describe(),
-            "samples": opts.samples,
-            "burn_in": opts.burn_in,
-            "acceptance": r.acceptance,
-            "ess_per_sample": r.ess,
-            "pareto_k": r.pareto_k,
-            "tau_int_acc": r.tau_acc,
-            "seconds": r.seconds,
-            "seconds_per_sample": per_sample,
-            "cost_per_independent_sample_s": s.cost_json(per_sample),
-            "observables": obs,
-            "correlator": corr,
-        });
+        if let Some((npy, sj)) = &shard_files {
+            j.insert("shard_files".into(), serde_json::json!([npy, sj]));
+        }
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!(
@@ -161,21 +252,17 @@ pub fn run(args: SampleArgs) -> Result<()> {
             r.checkpoint.display(),
             gpu.describe()
         );
-        println!(
-            "{} proposals, burn-in {}: acceptance {:.4}, ESS per sample {:.4}, Pareto k {:.2}, \
-             acceptance-based tau_int {:.2}; {:.2} s ({:.2e} s per sample)",
-            opts.samples,
-            opts.burn_in,
-            r.acceptance,
-            r.ess,
-            r.pareto_k,
-            r.tau_acc,
-            r.seconds,
-            per_sample
-        );
-        s.print_cost(per_sample);
-        s.print();
-        println!("plots: {}", png.display());
+        print_chain(opts.samples, opts.burn_in, &stats, r.seconds, &s);
+        match &shard_files {
+            Some((npy, sj)) => println!(
+                "shard {}: {} and {} (`gomaflow-wgpu merge {}` once all are done)",
+                opts.shard.unwrap(),
+                npy.display(),
+                sj.display(),
+                dir.display()
+            ),
+            None => println!("plots: {}", png.display()),
+        }
         if let Some(p) = &opts.save_npy {
             println!("configurations: {} (numpy.load)", p.display());
         }

@@ -173,3 +173,24 @@ pub fn load(dir: &std::path::Path, text: &str) -> Config {
     std::fs::write(&p, text).unwrap();
     Config::load(&p).unwrap()
 }
+
+/// A run directory of `text` trained to the end (a config of this module's `config` form).
+pub fn trained(name: &str, text: &str) -> PathBuf {
+    let dir = tmpdir(name);
+    let cfg = load(&dir, text);
+    let out = dir.join("run");
+    let o = gomaflow_wgpu::train::train(
+        gpu(),
+        &cfg,
+        &gomaflow_wgpu::train::TrainOptions {
+            out: out.clone(),
+            resume: false,
+            epochs: None,
+            tune: gomaflow_wgpu::tune::TuneMode::Off,
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(matches!(o, gomaflow_wgpu::train::Outcome::Finished { .. }));
+    out
+}
