@@ -60,6 +60,16 @@ pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
+/// The float type of an array written by `NpyWriter::create`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatType {
+    #[default]
+    F32,
+    /// IEEE half precision (NumPy's float16): 11-bit significand, relative rounding error at
+    /// most 2^-11, largest finite value 65504.
+    F16,
+}
+
 /// Streams rows into a NumPy .npy file of a known shape, under a temporary name until
 /// `finish` renames it into place.
 pub struct NpyWriter {
@@ -68,17 +78,21 @@ pub struct NpyWriter {
     out: std::io::BufWriter<std::fs::File>,
     rows_left: usize,
     row_bytes: usize,
+    /// `write_row` rounds its f32 values to f16.
+    half: bool,
 }
 
 impl NpyWriter {
-    /// An f32 array: `shape` = [rows, dims...]; each `write_row` takes the product of dims values.
-    pub fn create(path: &Path, shape: &[usize]) -> Result<NpyWriter> {
-        Self::create_typed(
-            path,
-            "'<f4'",
-            shape,
-            4 * shape[1..].iter().product::<usize>(),
-        )
+    /// A float array: `shape` = [rows, dims...]; each `write_row` takes the product of dims
+    /// f32 values, stored as `ty`.
+    pub fn create(path: &Path, shape: &[usize], ty: FloatType) -> Result<NpyWriter> {
+        let n = shape[1..].iter().product::<usize>();
+        let mut w = match ty {
+            FloatType::F32 => Self::create_typed(path, "'<f4'", shape, 4 * n)?,
+            FloatType::F16 => Self::create_typed(path, "'<f2'", shape, 2 * n)?,
+        };
+        w.half = ty == FloatType::F16;
+        Ok(w)
     }
 
     /// Rows of `row_bytes` bytes each, of the dtype `descr` (see `npy_header`).
@@ -99,11 +113,20 @@ impl NpyWriter {
             out,
             rows_left: shape[0],
             row_bytes,
+            half: false,
         })
     }
 
     pub fn write_row(&mut self, row: &[f32]) -> Result<()> {
-        self.write_bytes(bytemuck::cast_slice(row))
+        if self.half {
+            let h: Vec<u8> = row
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect();
+            self.write_bytes(&h)
+        } else {
+            self.write_bytes(bytemuck::cast_slice(row))
+        }
     }
 
     /// One row as raw little-endian bytes.

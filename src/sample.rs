@@ -4,7 +4,7 @@
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::files::NpyWriter;
+use crate::files::{FloatType, NpyWriter};
 use crate::flow::FlowSpec;
 use crate::gpu::Gpu;
 use crate::kernels::reduce::reference::ess_per_sample;
@@ -29,6 +29,8 @@ pub struct SampleOptions {
     /// Use checkpoint.safetensors instead of best.safetensors.
     pub latest: bool,
     pub save_npy: Option<PathBuf>,
+    /// The float type of `save_npy`'s array.
+    pub npy_dtype: FloatType,
     /// Run chain I of N with its own streams and write its measurements to `dir/shards/`.
     pub shard: Option<ShardId>,
 }
@@ -146,7 +148,7 @@ pub fn run(
         Some(p) => {
             let mut shape = vec![o.samples - o.burn_in];
             shape.extend(lat.shape());
-            Some(NpyWriter::create(p, &shape)?)
+            Some(NpyWriter::create(p, &shape, o.npy_dtype)?)
         }
         None => None,
     };

@@ -140,6 +140,21 @@ fn bad_flags() {
     fails_cleanly(&run(&["sample", "/tmp", "--samples", "0"]), &["--samples"]);
     fails_cleanly(&run(&["train", "x.toml", "--epochs", "0"]), &["--epochs"]);
     fails_cleanly(&run(&["hmc", "x.toml", "--chains", "0"]), &["--chains"]);
+    fails_cleanly(
+        &run(&["sample", "/tmp", "--npy-dtype", "f16"]),
+        &["--save-npy"],
+    );
+    fails_cleanly(
+        &run(&[
+            "sample",
+            "/tmp",
+            "--save-npy",
+            "x.npy",
+            "--npy-dtype",
+            "f64",
+        ]),
+        &["--npy-dtype", "f32", "f16"],
+    );
     for bad in ["4/4", "1", "a/b", "0/0"] {
         fails_cleanly(
             &run(&["sample", "/tmp", "--shard", bad]),

@@ -10,6 +10,7 @@
 //! Pareto k (PSIS) checked below 0.7, as a user would before trusting the errors.
 
 use crate::common::*;
+use gomaflow_wgpu::files::FloatType;
 use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::mcmc::{HmcOptions, run_hmc};
 use gomaflow_wgpu::observables::{Summary, free};
@@ -33,6 +34,7 @@ fn chain(
         batch: 1024,
         latest: false,
         save_npy: npy,
+        npy_dtype: FloatType::F32,
         shard: None,
     };
     let r = sample::run(gpu(), run, &opts, |_| {}).unwrap();
@@ -147,4 +149,56 @@ fn flow_mh_agrees_with_hmc() {
         );
         assert!((a.mean - b.mean).abs() < 3.0 * sigma, "{name}");
     }
+}
+
+/// `--save-npy --npy-dtype f16`: the same chain as the f32 file, each value rounded to the
+/// nearest f16 (relative error at most 2^-11, absolute 2^-25 among the subnormals), in half the
+/// bytes.
+#[test]
+fn saved_chain_in_half_precision() {
+    let run = trained("npy-f16", &config(2, 4, -1.0, 1.0, 2, "[4]", 1, 20));
+    let save = |ty: FloatType, name: &str| {
+        let p = run.join(name);
+        let opts = SampleOptions {
+            samples: 1500,
+            burn_in: 500,
+            seed: Some(3),
+            batch: 1024,
+            latest: false,
+            save_npy: Some(p.clone()),
+            npy_dtype: ty,
+            shard: None,
+        };
+        sample::run(gpu(), &run, &opts, |_| {}).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let hl = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let header = std::str::from_utf8(&bytes[10..10 + hl])
+            .unwrap()
+            .to_string();
+        (header, bytes[10 + hl..].to_vec())
+    };
+    let (h32, b32) = save(FloatType::F32, "chain32.npy");
+    let (h16, b16) = save(FloatType::F16, "chain16.npy");
+    assert!(
+        h32.contains("'descr': '<f4'") && h32.contains("'shape': (1000, 4, 4)"),
+        "{h32}"
+    );
+    assert!(
+        h16.contains("'descr': '<f2'") && h16.contains("'shape': (1000, 4, 4)"),
+        "{h16}"
+    );
+    assert_eq!(b16.len() * 2, b32.len());
+    let x32: &[f32] = bytemuck::cast_slice(&b32);
+    let x16: Vec<f32> = b16
+        .chunks_exact(2)
+        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    let mut worst = 0.0f64;
+    for (&a, &b) in x32.iter().zip(&x16) {
+        let err = (a as f64 - b as f64).abs();
+        let tol = (a.abs() as f64 * 2f64.powi(-11)).max(2f64.powi(-25));
+        worst = worst.max(err / tol);
+        assert!(err <= tol, "{a} saved as {b}");
+    }
+    eprintln!("CHECK f16 chain: worst rounding {worst:.3} of the bound");
 }

@@ -74,6 +74,7 @@ fn chain(run: &Path, samples: usize, seed: u64, shard: Option<ShardId>) -> sampl
         batch: 1024,
         latest: false,
         save_npy: None,
+        npy_dtype: Default::default(),
         shard,
     };
     sample::run(gpu(), run, &opts, |_| {}).unwrap()

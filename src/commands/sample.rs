@@ -2,6 +2,7 @@
 //! measured on it.
 
 use super::CommonArgs;
+use crate::files::FloatType;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::lattice::Lattice;
 use crate::observables::Summary;
@@ -76,6 +77,10 @@ pub struct SampleArgs {
     /// Write the chain's configurations (after burn-in) as .npy, shape [N, L, ..., L].
     #[arg(long)]
     pub save_npy: Option<PathBuf>,
+    /// The float type of --save-npy's array: f16 halves the file (relative rounding at most
+    /// 2^-11; the chain itself is computed in f32 whatever is saved).
+    #[arg(long, value_enum, default_value_t = FloatType::F32, requires = "save_npy")]
+    pub npy_dtype: FloatType,
     /// Proposals per GPU batch.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65535))]
     pub batch: u64,
@@ -167,6 +172,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         batch: args.batch as usize,
         latest: args.latest,
         save_npy: args.save_npy,
+        npy_dtype: args.npy_dtype,
         shard: args.shard,
     };
     let (cfg, _) = sample::open_run(&dir, opts.latest)?;
@@ -264,7 +270,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
             None => println!("plots: {}", png.display()),
         }
         if let Some(p) = &opts.save_npy {
-            println!("configurations: {} (numpy.load)", p.display());
+            let ty = match opts.npy_dtype {
+                FloatType::F32 => "float32",
+                FloatType::F16 => "float16",
+            };
+            println!("configurations: {} ({ty}, numpy.load)", p.display());
         }
     }
     Ok(())
