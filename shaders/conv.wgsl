@@ -13,7 +13,9 @@
 // (each branch activated with ACT when AFTER = 1, the mean when AFTER = 0): the stage's output;
 // with KEEP, each branch's activated output to row b of hb (p.stride floats apart), whose
 // derivative the backward needs. gy is the branches' pre-activation gradients [BR, stride]:
-// with AFTER = 0 they are equal, one row (stride 0).
+// with AFTER = 0 they are equal, one row (stride 0). With SIGNS (LeakyReLU under AFTER = 1,
+// whose derivative depends on the sign alone) the forward keeps one bit per branch and channel
+// instead, and gy is one row, dL/dy / BR, that the backward multiplies by each branch's act'.
 
 const CIN: u32 = 8u;
 const COUT: u32 = 8u;
@@ -46,6 +48,13 @@ const WSTRIDE: u32 = 0u;
 const AFTER: u32 = 1u;
 // 1: the forward keeps each branch's output in hb for the backward (AFTER = 1, training).
 const KEEP: u32 = 0u;
+// 1: it keeps their signs instead: bit k = br * COUT + co of word (b * WORDS + k / 32) *
+// volume + site of `bits` is set where branch br's output channel co is positive; gy is one
+// row (stride 0) and backward_input and backward_weight apply act' from the bits.
+const SIGNS: u32 = 0u;
+const WORDS: u32 = 1u;
+// backward_input MODE 4 where the previous stage keeps signs: gx is one row, dL/dx / BR.
+const SIGNS_IN: u32 = 0u;
 const INV: f32 = 1.0 / f32(BR);
 
 struct Params {
@@ -84,6 +93,8 @@ struct Params {
 // BR > 1: this stage's branch outputs (forward), the previous stage's (backward_input MODE 4).
 @group(0) @binding(11) var<storage, read_write> hb: array<f32>;
 @group(0) @binding(12) var<storage, read> hb_in: array<f32>;
+// SIGNS: this stage's branch signs (written by the forward, read by the backward).
+@group(0) @binding(13) var<storage, read_write> bits: array<u32>;
 
 // Parameter i of this layer (weights [COUT, CIN, TAPS] then bias [COUT]).
 fn weight(i: u32) -> f32 {
@@ -97,6 +108,11 @@ fn mask_at(site: u32) -> f32 {
     return f32(parity_tbl[site] ^ p.parity);
 }
 
+// act' of a branch's output from its sign bit (bit k of `word`): LeakyReLU's derivative.
+fn sign_grad(word: u32, k: u32) -> f32 {
+    return activate_grad(select(-1.0, 1.0, ((word >> (k & 31u)) & 1u) == 1u), ACT);
+}
+
 // One thread per (site, NB samples), all COUT outputs (of every branch): each gathered input
 // feeds COUT FMAs and each weight NB of them. Threads of the last block past the batch compute
 // on the last sample and store nothing.
@@ -108,8 +124,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
     let b0 = wid.y * NB;
     var acc: array<f32, NB * COUT>;
-    // BR > 1: the sum of the branches' outputs.
+    // BR > 1: the sum of the branches' outputs; SIGNS: their signs.
     var mean: array<f32, NB * COUT>;
+    var sb: array<u32, NB * WORDS>;
     var xb: array<u32, NB>;
     for (var j = 0u; j < NB; j++) {
         xb[j] = min(b0 + j, p.batch - 1u) * CIN * p.volume;
@@ -158,7 +175,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         mean[j * COUT + co] += h;
                     }
                     if KEEP == 1u && b < p.batch {
-                        hb[br * p.stride + (b * COUT + co) * p.volume + site] = h;
+                        if SIGNS == 1u {
+                            let k = br * COUT + co;
+                            if h > 0.0 {
+                                sb[j * WORDS + (k >> 5u)] |= 1u << (k & 31u);
+                            }
+                        } else {
+                            hb[br * p.stride + (b * COUT + co) * p.volume + site] = h;
+                        }
                     }
                 }
             }
@@ -177,6 +201,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 }
                 y[(b * COUT + co) * p.volume + site] = out;
             }
+            if KEEP == 1u && SIGNS == 1u {
+                for (var w = 0u; w < WORDS; w++) {
+                    bits[(b * WORDS + w) * p.volume + site] = sb[j * WORDS + w];
+                }
+            }
         }
     }
 }
@@ -192,8 +221,11 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let b0 = wid.y * NB;
     var acc: array<f32, NB * CIN>;
     var gb: array<u32, NB>;
+    // SIGNS: the first sign word of each sample.
+    var sbase: array<u32, NB>;
     for (var j = 0u; j < NB; j++) {
         gb[j] = min(b0 + j, p.batch - 1u) * COUT * p.volume;
+        sbase[j] = min(b0 + j, p.batch - 1u) * WORDS * p.volume;
         for (var ci = 0u; ci < CIN; ci++) {
             acc[j * CIN + ci] = 0.0;
         }
@@ -205,10 +237,22 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let nb = (site * BR + br) * TAPS + TAPS - 1u;
         for (var t = 0u; t < TAPS; t++) {
             let n = nbr[nb - t];
+            var sw: array<u32, NB * WORDS>;
+            if SIGNS == 1u {
+                for (var j = 0u; j < NB; j++) {
+                    for (var w = 0u; w < WORDS; w++) {
+                        sw[j * WORDS + w] = bits[sbase[j] + w * p.volume + n];
+                    }
+                }
+            }
             for (var co = 0u; co < COUT; co++) {
                 var g: array<f32, NB>;
                 for (var j = 0u; j < NB; j++) {
                     g[j] = gy[gbr + gb[j] + co * p.volume + n];
+                    if SIGNS == 1u {
+                        let k = br * COUT + co;
+                        g[j] *= sign_grad(sw[j * WORDS + (k >> 5u)], k);
+                    }
                 }
                 let w = wb + co * (CIN * TAPS) + t;
                 for (var ci = 0u; ci < CIN; ci++) {
@@ -233,7 +277,10 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                     gx[i] += acc[j * CIN + ci] * mask_at(site);
                 } else {
                     let g = acc[j * CIN + ci] * INV;
-                    if AFTER == 1u {
+                    if SIGNS_IN == 1u {
+                        // act' is applied where the previous stage reads the row.
+                        gx[i] = g;
+                    } else if AFTER == 1u {
                         var k = i;
                         for (var br = 0u; br < BR; br++) {
                             gx[k] = g * activate_grad(hb_in[k], ACT_IN);
@@ -304,8 +351,18 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 v[j] = m[j] * x[xrow + n[j]];
             }
             let grow = gbr + (b * COUT + co0) * p.volume + s;
+            var sw: array<u32, WORDS>;
+            if SIGNS == 1u {
+                for (var w = 0u; w < WORDS; w++) {
+                    sw[w] = bits[(b * WORDS + w) * p.volume + s];
+                }
+            }
             for (var co = 0u; co < COB; co++) {
-                let g = gy[grow + co * p.volume];
+                var g = gy[grow + co * p.volume];
+                if SIGNS == 1u {
+                    let k = br * COUT + co0 + co;
+                    g *= sign_grad(sw[k >> 5u], k);
+                }
                 bias[co] += g;
                 for (var j = 0u; j < TPT; j++) {
                     acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);

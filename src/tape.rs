@@ -24,7 +24,7 @@ use crate::kernels::Act;
 use crate::kernels::LatticeBuffers;
 use crate::kernels::action::{Action, ActionSpec};
 use crate::kernels::adam::{Adam, AdamSpec};
-use crate::kernels::combi::{CombiSpec, Mean};
+use crate::kernels::combi::{CombiSpec, Mean, keeps_signs};
 use crate::kernels::conv::{Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad};
 use crate::kernels::coupling::{Coupling, CouplingBuffers, CouplingGrads, CouplingSpec};
 use crate::kernels::coupling_layer::{
@@ -458,6 +458,7 @@ fn combi_spec(spec: &TapeSpec, l: usize, j: usize) -> CombiSpec {
         branches: net.branches,
         act: c.act,
         mode: net.combi_act,
+        cout: c.cout,
     }
 }
 
@@ -560,8 +561,15 @@ impl Buffers {
                 branches: if net.combi() && net.combi_act == CombiAct::Branch && train {
                     (0..net.n_stages())
                         .map(|j| {
-                            let len = combi_spec(spec, l, j).span();
-                            pl.f32(format!("{name}[{j}] branches"), len)
+                            // Words: the branches' outputs, or their signs (a u32 per
+                            // 32 branch channels and site-sample).
+                            let cs = combi_spec(spec, l, j);
+                            let what = if keeps_signs(cs.mode, cs.act) {
+                                "branch signs"
+                            } else {
+                                "branches"
+                            };
+                            pl.f32(format!("{name}[{j}] {what}"), cs.kept_len())
                         })
                         .collect::<Result<_>>()?
                 } else {

@@ -8,7 +8,9 @@
 
 use crate::common::*;
 use gomaflow_wgpu::flow::{Combi, CombiAct, FlowSpec, PARAM_ALIGN, Taps};
-use gomaflow_wgpu::kernels::combi::{CombiSpec, Mean, reference, row_stride};
+use gomaflow_wgpu::kernels::combi::{
+    CombiSpec, Mean, keeps_signs, reference, row_stride, sign_words,
+};
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference as conv_ref,
 };
@@ -57,10 +59,20 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
     let np = dims.n_params();
     let w_stride = np.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
     let (n_in, n_out) = (batch * c.cin * v, batch * c.cout * v);
-    // Under "last" the branches share one gradient row and keep no outputs (stride 0).
+    // Under "last" the branches share one gradient row and keep no outputs (stride 0); a
+    // LeakyReLU stage under "branch" keeps its branches' signs, and its gradient is one row
+    // that each branch reads through its act'.
     let after = c.mode == CombiAct::Branch;
-    let stride = |n: usize| row_stride(n, c.mode);
-    let (s_in, s_out) = (stride(n_in), stride(n_out));
+    let act_in = match c.input_grad {
+        InputGrad::ToBranches(a) => a,
+        _ => Act::None,
+    };
+    let signs = keeps_signs(c.mode, c.act);
+    let signs_in = matches!(c.input_grad, InputGrad::ToBranches(_)) && keeps_signs(c.mode, act_in);
+    let (s_in, s_out) = (
+        row_stride(n_in, c.mode, act_in),
+        row_stride(n_out, c.mode, c.act),
+    );
     let label = format!(
         "combi stage {}C{} L={} {}->{} {:?} {:?} {:?}",
         c.nd, c.r, c.l, c.cin, c.cout, c.act, c.mode, c.input_grad
@@ -70,7 +82,7 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
     let w: Vec<Vec<f64>> = (0..nb)
         .map(|_| rounded(&uniform(&mut r, np, -0.5, 0.5)))
         .collect();
-    let gy: Vec<Vec<f64>> = if after {
+    let mut gy: Vec<Vec<f64>> = if after {
         (0..nb)
             .map(|_| rounded(&uniform(&mut r, n_out, -1.0, 1.0)))
             .collect()
@@ -104,6 +116,15 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
         .map(|(t, wb)| layer(t).forward(&x_eff, wb, branch_act))
         .collect();
     let y = reference::forward(&hb, c.mode, c.act);
+    // Keeping signs, the kernel reads one row R and branch b's gradient is R act'(h_b).
+    let g_row = gy[0].clone();
+    if signs {
+        for (gb, hbb) in gy.iter_mut().zip(&hb) {
+            for ((g, r), h) in gb.iter_mut().zip(&g_row).zip(hbb) {
+                *g = r * c.act.grad_from_output(*h);
+            }
+        }
+    }
     let mut gin = vec![0.0; n_in];
     for ((t, wb), gb) in branches.iter().zip(&w).zip(&gy) {
         for (a, b) in gin.iter_mut().zip(layer(t).backward_input(gb, wb)) {
@@ -114,6 +135,7 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
     let gx_want: Vec<f64> = match c.input_grad {
         InputGrad::AddMasked => (0..n_in).map(|i| gx0[i] + mask[i % v] * gin[i]).collect(),
         InputGrad::Write => gin.clone(),
+        InputGrad::ToBranches(_) if signs_in => gin.iter().map(|g| g * k_inv).collect(),
         InputGrad::ToBranches(a) => (0..if after { nb } else { 1 })
             .flat_map(|b| {
                 let mut row: Vec<f64> = (0..n_in)
@@ -195,7 +217,11 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
             g.storage("y", n_out).unwrap(),
             g.storage("hb", (nb - 1) * s_out + n_out).unwrap(),
         );
-        let bgy = upload("gy", &rows(&gy, s_out));
+        let bgy = if signs {
+            upload("gy", &g_row)
+        } else {
+            upload("gy", &rows(&gy, s_out))
+        };
         let to_branches = matches!(c.input_grad, InputGrad::ToBranches(_));
         let bgx = if to_branches {
             upload("gx", &vec![9.0; (nb - 1) * s_in + n_in])
@@ -229,8 +255,29 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
 
         let label = format!("{label} {tiling:?}");
         let sum_tol = |terms: usize| 4.0 * terms as f64 * U;
+        if signs {
+            // Bit br * cout + co of word (b * words + k / 32) * v + s: h > 0, exactly (away
+            // from zero, where f32 and f64 may round to opposite signs).
+            let words = sign_words(nb, c.cout);
+            let bits = g.read::<u32>(&bhb).unwrap();
+            for (br, h) in hb.iter().enumerate() {
+                for b in 0..batch {
+                    for co in 0..c.cout {
+                        for s in 0..v {
+                            let k = br * c.cout + co;
+                            let word = bits[(b * words + k / 32) * v + s];
+                            let hv = h[(b * c.cout + co) * v + s];
+                            assert!(
+                                hv.abs() < 1e-5 || ((word >> (k % 32)) & 1 == 1) == (hv > 0.0),
+                                "{label} {tiling:?}: sign of branch {br} channel {co} at {b}, {s}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
         let got_hb = read(&bhb);
-        for (b, want) in hb.iter().enumerate().filter(|_| after) {
+        for (b, want) in hb.iter().enumerate().filter(|_| after && !signs) {
             check(
                 &format!("{label} branch {b} output"),
                 &got_hb[b * s_out..b * s_out + n_out],
@@ -264,10 +311,11 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
         let got_gx = read(&bgx);
         let got_gx: Vec<f64> = if to_branches {
             // Compare the rows, not the padding between them.
-            (0..if after { nb } else { 1 })
+            let padded = after && !signs_in;
+            (0..if padded { nb } else { 1 })
                 .flat_map(|b| {
                     let mut row = got_gx[b * s_in..b * s_in + n_in].to_vec();
-                    if after {
+                    if padded {
                         row.resize(s_in, 0.0);
                     }
                     row
@@ -414,6 +462,7 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
         branches,
         act,
         mode,
+        cout: 2,
     };
     let (n, stride, span) = (spec.n(), spec.stride(), spec.span());
     let after = mode == CombiAct::Branch;
@@ -438,7 +487,7 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
     let y = rounded(&reference::forward(&hb, mode, act));
     let gy = rounded(&uniform(&mut r, n, -1.0, 1.0));
     // Under Last the kernel reads y and writes one row shared by every branch.
-    let padded = row_stride(n, CombiAct::Branch);
+    let padded = row_stride(n, CombiAct::Branch, Act::None);
     let mut flat = vec![7.0; branches * padded];
     for (b, h) in hb.iter().enumerate() {
         let at = b * padded;
@@ -507,8 +556,9 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
 fn combi_mean() {
     let mut seed = 10;
     for branches in [2, 3, 4, 6] {
+        // (A LeakyReLU stage under Branch keeps signs: conv.wgsl applies its mean's backward.)
         for (mode, act) in [
-            (CombiAct::Branch, Act::Leaky),
+            (CombiAct::Branch, Act::None),
             (CombiAct::Branch, Act::Tanh),
             (CombiAct::Last, Act::Leaky),
             (CombiAct::Last, Act::Tanh),

@@ -46,6 +46,31 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 ("ACT", 0),
                 ("MODE", 3),
             ]);
+            // Combinational stages: branches kept as signs (one word and two), as outputs
+            // (tanh), averaged before the activation; their input gradients to branches.
+            for (br, cout, act, signs, after, nb) in [
+                (3u32, 8u32, 1, 1, 1, 4),
+                (6, 8, 1, 1, 1, 1),
+                (3, 2, 2, 0, 1, 4),
+                (4, 8, 1, 0, 0, 2),
+            ] {
+                v.push(vec![
+                    ("CIN", 8),
+                    ("COUT", cout),
+                    ("TAPS", 3),
+                    ("BR", br),
+                    ("WSTRIDE", 256),
+                    ("ACT", act),
+                    ("AFTER", after),
+                    ("KEEP", after),
+                    ("SIGNS", signs),
+                    ("WORDS", (br * cout).div_ceil(32)),
+                    ("NB", nb),
+                    ("MODE", 4),
+                    ("SIGNS_IN", after),
+                    ("ACT_IN", 1),
+                ]);
+            }
         }
         Shader::Combi => {
             // C(Nd, r) branches for every Nd, r; both places of the activation.

@@ -204,6 +204,9 @@ pub struct Gpu {
     /// A 16-byte storage buffer for storage bindings a specialisation does not touch (WGSL
     /// keeps a binding that only a constant-false branch uses).
     pub dummy_storage: GpuBuffer,
+    /// A second one, for a read-write binding in a dispatch that also binds `dummy_storage`
+    /// read-only (one buffer cannot be both in one dispatch).
+    pub dummy_storage_rw: GpuBuffer,
     /// The first uncaptured wgpu error (validation, out of memory, device lost), reported by
     /// `check` as an error instead of wgpu's default panic.
     error: Arc<Mutex<Option<String>>>,
@@ -270,6 +273,7 @@ impl Gpu {
         };
         let dummy_uniform = placeholder("unused uniform", Usage::UNIFORM | Usage::COPY_DST);
         let dummy_storage = placeholder("unused storage", Usage::STORAGE);
+        let dummy_storage_rw = placeholder("unused read-write storage", Usage::STORAGE);
         Ok(Gpu {
             adapter,
             device,
@@ -281,6 +285,7 @@ impl Gpu {
             fusion_choices: Mutex::new(HashMap::new()),
             dummy_uniform,
             dummy_storage,
+            dummy_storage_rw,
             error,
         })
     }

@@ -10,14 +10,29 @@ use anyhow::Result;
 
 const WG: u32 = 64;
 
-/// Floats between two branches' rows (of outputs or gradients) of `n` floats each: a row
-/// padded to 256 bytes (WebGPU's storage offset alignment); 0 under `CombiAct::Last`, whose
-/// branches share one gradient row (dL/dy act'(y) / branches) and keep no outputs.
-pub fn row_stride(n: usize, mode: CombiAct) -> usize {
+/// Floats between two branches' rows (of outputs or gradients) of `n` floats each, for a
+/// stage with activation `act`: a row padded to 256 bytes (WebGPU's storage offset alignment);
+/// 0 where the branches share one gradient row: under `CombiAct::Last` (dL/dy act'(y) /
+/// branches, no outputs kept) and for a stage that keeps signs (`keeps_signs`: dL/dy /
+/// branches, each branch's act' applied where the row is read).
+pub fn row_stride(n: usize, mode: CombiAct, act: Act) -> usize {
     match mode {
-        CombiAct::Branch => n.div_ceil(64) * 64,
-        CombiAct::Last => 0,
+        CombiAct::Branch if !keeps_signs(mode, act) => n.div_ceil(64) * 64,
+        _ => 0,
     }
+}
+
+/// Whether a stage keeps only the signs of its branches' outputs for the backward: under
+/// `CombiAct::Branch` each branch's activation derivative is needed, and LeakyReLU's depends
+/// on the sign alone, so one bit per branch and channel replaces a float (one u32 word holds
+/// 32; `sign_words`). The net's last stage (tanh, or none) keeps its outputs.
+pub fn keeps_signs(mode: CombiAct, act: Act) -> bool {
+    mode == CombiAct::Branch && act == Act::Leaky
+}
+
+/// u32 words per (sample, site) of a stage's signs: bit br * cout + co of word k / 32.
+pub fn sign_words(branches: usize, cout: usize) -> usize {
+    (branches * cout).div_ceil(32)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +44,8 @@ pub struct CombiSpec {
     /// The stage's activation and where it goes.
     pub act: Act,
     pub mode: CombiAct,
+    /// The stage's output channels (`rows` is a multiple).
+    pub cout: usize,
 }
 
 impl CombiSpec {
@@ -38,11 +55,21 @@ impl CombiSpec {
     }
     /// Floats between two branches' rows (`row_stride`).
     pub fn stride(&self) -> usize {
-        row_stride(self.n(), self.mode)
+        row_stride(self.n(), self.mode, self.act)
     }
-    /// Floats of a [branches, stride] buffer (the last row unpadded).
+    /// Floats of a [branches, stride] buffer (the last row unpadded): the branches'
+    /// pre-activation gradients.
     pub fn span(&self) -> usize {
         (self.branches - 1) * self.stride() + self.n()
+    }
+    /// 4-byte words the forward keeps for the backward: the branches' outputs [branches,
+    /// stride], or their signs [samples, sign_words, volume] (`keeps_signs`).
+    pub fn kept_len(&self) -> usize {
+        if keeps_signs(self.mode, self.act) {
+            self.rows / self.cout * sign_words(self.branches, self.cout) * self.volume
+        } else {
+            self.span()
+        }
     }
 }
 
@@ -71,6 +98,9 @@ impl Mean {
         ghb: &GpuBuffer,
     ) -> Result<Mean> {
         let (n, nb, span) = (spec.n(), spec.branches, spec.span());
+        if keeps_signs(spec.mode, spec.act) {
+            anyhow::bail!("the mean's backward of a stage that keeps signs runs in conv.wgsl");
+        }
         hb.need(if spec.mode == CombiAct::Branch {
             span
         } else {

@@ -1,7 +1,7 @@
 //! Periodic convolution (`shaders/conv.wgsl`): forward with fused bias and activation, backward
 //! to the input (with a fused epilogue), backward to weights and bias (two deterministic stages).
 
-use super::combi::row_stride;
+use super::combi::{keeps_signs, row_stride, sign_words};
 use super::tiling::ConvTiling;
 use super::{Act, LatticeBuffers};
 use crate::flow::{CombiAct, Taps};
@@ -77,22 +77,48 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
-    /// Floats between two branches' rows of the outputs (and of gy); 0 under
-    /// `CombiAct::Last`, whose branches share one gradient row and keep no outputs.
+    /// Floats between two branches' rows of the outputs (and of gy); 0 where the branches
+    /// share one gradient row (`combi::row_stride`).
     pub fn stride(&self) -> usize {
-        self.rows_stride(self.dims.cout)
+        let d = &self.dims;
+        row_stride(d.batch * d.cout * d.volume, self.combi_act, self.act)
     }
 
     /// ... and of the inputs (and of gx, for `InputGrad::ToBranches`).
     pub fn stride_in(&self) -> usize {
-        self.rows_stride(self.dims.cin)
+        let d = &self.dims;
+        row_stride(d.batch * d.cin * d.volume, self.combi_act, self.act_in())
     }
 
-    fn rows_stride(&self, channels: usize) -> usize {
-        row_stride(
-            self.dims.batch * channels * self.dims.volume,
-            self.combi_act,
-        )
+    /// The activation of the previous stage, whose branches `InputGrad::ToBranches` feeds.
+    fn act_in(&self) -> Act {
+        match self.input_grad {
+            InputGrad::ToBranches(a) => a,
+            _ => Act::None,
+        }
+    }
+
+    /// The forward keeps its branches' signs, not their outputs (`combi::keeps_signs`), and gy
+    /// is one row whose act' the backward applies per branch.
+    pub fn signs(&self) -> bool {
+        self.branches > 1 && keeps_signs(self.combi_act, self.act)
+    }
+
+    /// The previous stage keeps signs: `InputGrad::ToBranches` writes one row, dL/dx / branches.
+    pub fn signs_in(&self) -> bool {
+        matches!(self.input_grad, InputGrad::ToBranches(_))
+            && keeps_signs(self.combi_act, self.act_in())
+    }
+
+    /// 4-byte words of `ConvBuffers::hb`: the branches' outputs [branches, stride], or their
+    /// signs [batch, sign_words, volume].
+    pub fn kept_len(&self) -> usize {
+        let d = &self.dims;
+        if self.signs() {
+            d.batch * sign_words(self.branches, d.cout) * d.volume
+        } else {
+            (self.branches - 1) * self.stride() + d.batch * d.cout * d.volume
+        }
     }
 
     /// The span of the branches' parameters in the flat buffer (padding between included).
@@ -109,10 +135,14 @@ impl ConvSpec {
             InputGrad::Write => "input gradient",
             InputGrad::TimesActGrad(_) => "input gradient times act'",
             InputGrad::AddMasked => "masked input gradient",
+            InputGrad::ToBranches(_) if self.signs_in() => "input gradient to branches (one row)",
             InputGrad::ToBranches(_) => "input gradient to branches",
         };
         let branches = match (self.branches, self.combi_act) {
             (1, _) => String::new(),
+            (b, CombiAct::Branch) if self.signs() => {
+                format!(" x {b} branches (mean after the activation, signs kept)")
+            }
             (b, CombiAct::Branch) => format!(" x {b} branches (mean after the activation)"),
             (b, CombiAct::Last) => format!(" x {b} branches (mean before the activation)"),
         };
@@ -225,6 +255,7 @@ impl Conv {
         let br = spec.branches;
         // The branches' outputs are kept where the backward needs them and a buffer is given.
         let keep = br > 1 && spec.combi_act == CombiAct::Branch && b.hb.is_some();
+        let (signs, signs_in) = (spec.signs(), spec.signs_in());
         let (n_in, n_out) = (d.batch * d.cin * d.volume, d.batch * d.cout * d.volume);
         // Row lengths of [branches, stride] buffers: the last row unpadded.
         let rows = |n: usize, stride: usize| (br - 1) * stride + n;
@@ -232,7 +263,7 @@ impl Conv {
         b.x.need(n_in)?;
         b.y.need(n_out)?;
         if keep {
-            b.hb.unwrap().need(rows(n_out, spec.stride()))?;
+            b.hb.unwrap().need(spec.kept_len())?;
         }
         let to_branches = matches!(spec.input_grad, InputGrad::ToBranches(_));
         if let Some(g) = &b.grad {
@@ -245,7 +276,11 @@ impl Conv {
             g.gy.need(rows(n_out, spec.stride()))?;
             g.partial.need(spec.partial_len())?;
             let after = spec.combi_act == CombiAct::Branch;
+            if signs && !keep {
+                bail!("a stage that keeps signs needs them (ConvBuffers::hb) for its backward");
+            }
             match g.hb_in {
+                _ if signs_in => {}
                 Some(h) => h.need(rows(n_in, spec.stride_in()))?,
                 None if to_branches && after => {
                     bail!("InputGrad::ToBranches needs the previous stage's branch outputs")
@@ -286,6 +321,9 @@ impl Conv {
                 .with("WSTRIDE", spec.w_stride as u32)
                 .with("AFTER", (spec.combi_act == CombiAct::Branch) as u32)
                 .with("KEEP", keep as u32)
+                .with("ACT", spec.act.code())
+                .with("SIGNS", signs as u32)
+                .with("WORDS", sign_words(br, d.cout) as u32)
         };
         let uniform = Params {
             batch: d.batch as u32,
@@ -315,7 +353,6 @@ impl Conv {
         let fwd = base("forward")
             .with("TPT", 1)
             .with("NB", nb)
-            .with("ACT", spec.act.code())
             .with("IN_MASK", spec.in_mask as u32);
         // hb and hb_in are bound to a placeholder where the specialisation does not use them.
         let unused = &gpu.dummy_storage;
@@ -326,7 +363,12 @@ impl Conv {
             ("x", b.x),
             ("y", b.y),
             ("wu", &wu),
-            ("hb", b.hb.filter(|_| keep).unwrap_or(unused)),
+            ("hb", b.hb.filter(|_| keep && !signs).unwrap_or(unused)),
+            (
+                "bits",
+                b.hb.filter(|_| keep && signs)
+                    .unwrap_or(&gpu.dummy_storage_rw),
+            ),
         ];
         // Work models: 2 flops per multiply-add; each tensor touched once.
         let f = 4.0;
@@ -354,7 +396,7 @@ impl Conv {
                 ("gx", g.gx),
                 ("partial", g.partial),
                 ("grads", g.grads),
-                ("hb_in", g.hb_in.unwrap_or(unused)),
+                ("hb_in", g.hb_in.filter(|_| !signs_in).unwrap_or(unused)),
             ],
         ]
         .concat();
@@ -362,6 +404,7 @@ impl Conv {
             .with("TPT", 1)
             .with("NB", nb)
             .with("MODE", mode)
+            .with("SIGNS_IN", signs_in as u32)
             .with("ACT_IN", act_in.code());
         let backward_input = gpu
             .dispatch(&bin, u, &buffers, site_groups)?
