@@ -43,11 +43,8 @@ pub struct SampleRun {
     pub accepted: Vec<bool>,
     /// log w of every proposal, burn-in included.
     pub logw: Vec<f64>,
-    pub acceptance: f64,
-    pub ess: f64,
-    /// Pareto k of the weights' tail (PSIS): above 0.7 the chain's errors are not trustworthy.
-    pub pareto_k: f64,
-    pub tau_acc: f64,
+    /// Acceptance, ESS, Pareto k of the weights and the acceptance-based tau.
+    pub stats: ChainStats,
     pub seconds: f64,
     /// The proposals' seed.
     pub seed: u64,
@@ -58,6 +55,7 @@ pub struct ChainStats {
     /// Accepted fraction of the steps after burn-in (the start excluded).
     pub acceptance: f64,
     pub ess: f64,
+    /// Pareto k of the weights' tail (PSIS): above 0.7 the chain's errors are not trustworthy.
     pub pareto_k: f64,
     pub tau_acc: f64,
 }
@@ -210,10 +208,7 @@ pub fn run(
     Ok(SampleRun {
         cfg,
         checkpoint: ck_path,
-        acceptance: stats.acceptance,
-        ess: stats.ess,
-        pareto_k: stats.pareto_k,
-        tau_acc: stats.tau_acc,
+        stats,
         primaries,
         accepted,
         logw: logw_all,

@@ -16,7 +16,7 @@
 
 use crate::files::{NpyWriter, write_atomic};
 use crate::lattice::Lattice;
-use crate::observables::idx;
+use crate::observables::{Measurement, idx};
 use crate::sample::ChainRecord;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -267,12 +267,13 @@ fn read_rows(npy: &Path, lat: &Lattice, rows: usize) -> Result<Rows> {
     let mut logw = Vec::with_capacity(rows);
     let mut accepted = Vec::with_capacity(rows);
     for row in bytes[header.len()..].chunks_exact(rb) {
-        let m = f(row, 0);
-        let m2 = m * m;
-        // Measurement::primaries' order: |m|, phi^2, m^2, m^4, m, G, C.
-        let mut p = vec![m.abs(), f(row, 1), m2, m2 * m2, m];
-        p.extend((0..2 * l).map(|k| f(row, 2 + k)));
-        primaries.push(p);
+        let meas = Measurement {
+            m: f(row, 0),
+            phi2: f(row, 1),
+            g: (0..l).map(|k| f(row, 2 + k)).collect(),
+            c: (0..l).map(|k| f(row, 2 + l + k)).collect(),
+        };
+        primaries.push(meas.primaries());
         logw.push(f(row, 2 + 2 * l));
         accepted.push(match row[rb - 1] {
             0 => false,

@@ -54,11 +54,11 @@ fn free_field(nd: usize, l: usize, m2: f64, layers: usize) {
     let g = free::g(&lat, m2);
     eprintln!(
         "CHECK flow+MH free field {nd}D L={l}: acceptance {:.3}, ESS {:.3}, tau_acc {:.2}, <phi^2> {:.5} ± {:.5} (exact {:.5})",
-        r.acceptance, r.ess, r.tau_acc, s.phi2.mean, s.phi2.error, g[0]
+        r.stats.acceptance, r.stats.ess, r.stats.tau_acc, s.phi2.mean, s.phi2.error, g[0]
     );
-    eprintln!("      Pareto k of the weights {:.2}", r.pareto_k);
+    eprintln!("      Pareto k of the weights {:.2}", r.stats.pareto_k);
     assert!(
-        r.pareto_k < 0.7,
+        r.stats.pareto_k < 0.7,
         "the flow's weights are too heavy-tailed to trust the errors"
     );
     assert!((s.phi2.mean - g[0]).abs() < 3.0 * s.phi2.error, "phi^2");
@@ -125,10 +125,10 @@ fn flow_mh_agrees_with_hmc() {
     let hmc = Summary::of(&Lattice::new(2, 4), &h.primaries);
     eprintln!(
         "CHECK flow+MH vs HMC, 2D L=4 m2=-1 lam=1: MH acceptance {:.3}, ESS {:.3}, HMC acceptance {:.3}",
-        r.acceptance, r.ess, h.acceptance
+        r.stats.acceptance, r.stats.ess, h.acceptance
     );
     assert!(
-        r.ess > 0.01,
+        r.stats.ess > 0.01,
         "the flow is too poor for its chain's errors to be trusted"
     );
     for (name, a, b) in [

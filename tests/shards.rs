@@ -149,7 +149,7 @@ fn shards_merge_like_one_chain() {
     let one = Summary::of(&lat, std::slice::from_ref(&long.primaries));
     eprintln!(
         "CHECK 4 shards merged: acceptance {:.3} (one chain {:.3}), ESS {:.3}, Pareto k {:.2}",
-        m.stats.acceptance, long.acceptance, m.stats.ess, m.stats.pareto_k
+        m.stats.acceptance, long.stats.acceptance, m.stats.ess, m.stats.pareto_k
     );
     let g = free::g(&lat, 1.0);
     for (r, gr) in g.iter().enumerate() {
@@ -305,9 +305,9 @@ fn one_shard_is_the_chain() {
     assert_eq!(m.summary.phi2, s.phi2);
     assert_eq!(m.summary.chi2, s.chi2);
     assert_eq!(m.summary.c, s.c);
-    assert_eq!(m.stats.acceptance, plain.acceptance);
-    assert_eq!(m.stats.ess, plain.ess);
-    assert_eq!(m.stats.tau_acc, plain.tau_acc);
+    assert_eq!(m.stats.acceptance, plain.stats.acceptance);
+    assert_eq!(m.stats.ess, plain.stats.ess);
+    assert_eq!(m.stats.tau_acc, plain.stats.tau_acc);
     let shard = &m.shards[0];
     assert_eq!(shard.accepted, plain.accepted);
     assert_eq!(&shard.primaries[500..], &plain.primaries[..]);

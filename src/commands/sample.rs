@@ -204,13 +204,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
     pb.finish_and_clear();
     let lat = Lattice::new(r.cfg.physical.nd, r.cfg.physical.l);
     let s = Summary::of(&lat, std::slice::from_ref(&r.primaries));
-    let stats = ChainStats {
-        acceptance: r.acceptance,
-        ess: r.ess,
-        pareto_k: r.pareto_k,
-        tau_acc: r.tau_acc,
-    };
-    let mut j = chain_json(opts.samples, opts.burn_in, &stats, r.seconds, &s);
+    let stats = &r.stats;
+    let mut j = chain_json(opts.samples, opts.burn_in, stats, r.seconds, &s);
     j.insert("run".into(), dir.display().to_string().into());
     j.insert(
         "checkpoint".into(),
@@ -246,7 +241,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if opts.shard.is_none() {
         plot_correlator(&png, &s, "flow + MH")?;
     }
-    warn_heavy_tails(&stats);
+    warn_heavy_tails(stats);
     if json {
         if let Some((npy, sj)) = &shard_files {
             j.insert("shard_files".into(), serde_json::json!([npy, sj]));
@@ -258,7 +253,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             r.checkpoint.display(),
             gpu.describe()
         );
-        print_chain(opts.samples, opts.burn_in, &stats, r.seconds, &s);
+        print_chain(opts.samples, opts.burn_in, stats, r.seconds, &s);
         match &shard_files {
             Some((npy, sj)) => println!(
                 "shard {}: {} and {} (`gomaflow-wgpu merge {}` once all are done)",
