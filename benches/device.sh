@@ -9,7 +9,8 @@
 #
 # --run writes everything to one log (bench tables, bench JSON, PyTorch JSON lines) under OUT:
 # for each config, `bench --fusion on` and `--fusion off` (whole coupling layers against one
-# launch per kernel; each JSON names the adapter) and pytorch_flow.py on CUDA, then a summary.
+# launch per kernel; each JSON names the adapter), `--fusion off --precision f16` (activations
+# stored as f16), and pytorch_flow.py on CUDA, then a summary.
 # QUICK=1 runs only the tutorial (to try the script on any machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,12 +61,14 @@ case "${1:-}" in
   while IFS='|' read -r name cfg steps args; do
     echo "=== $name ($cfg)"
     line="$name"
-    for fusion in on off; do
-      echo "--- bench --fusion $fusion"
-      json=$(timeout 240 $BIN bench "$cfg" --json --steps "$steps" --fusion "$fusion")
+    # Whole layers and per kernel in f32; per kernel in f16 (an f16 tape runs per kernel).
+    for run in "on f32" "off f32" "off f16"; do
+      read -r fusion precision <<<"$run"
+      echo "--- bench --fusion $fusion --precision $precision"
+      json=$(timeout 240 $BIN bench "$cfg" --json --steps "$steps" --fusion "$fusion" --precision "$precision")
       echo "$json"
-      s=$(echo "$json" | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.3f ms (%s, %d dispatches)" % (1e3*j["train_step_s"], "fused" if j["fused_layers"] else "per kernel", j["dispatches_per_step"]))' 2>/dev/null)
-      line="$line | $fusion: ${s:-failed}"
+      s=$(echo "$json" | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.3f ms (%s, %d dispatches, %s activations %.1f MiB, %.0f proposals/s)" % (1e3*j["train_step_s"], "fused" if j["fused_layers"] else "per kernel", j["dispatches_per_step"], j["precision"], j["activation_bytes"] / 2**20, j["sample_per_s"]))' 2>/dev/null)
+      line="$line | $fusion $precision: ${s:-failed}"
     done
     if [ -n "$args" ]; then
       echo "--- pytorch_flow.py (cuda)"

@@ -14,6 +14,8 @@ const BR: u32 = 2u;
 const ACT: u32 = 1u;
 const AFTER: u32 = 1u;
 const INV: f32 = 1.0 / f32(BR);
+// Storage type of the activations and gradients: f32, or f16 under `[device] precision = "f16"`.
+alias HS = f32;
 
 struct Params {
     volume: u32,
@@ -24,10 +26,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> hb: array<f32>;
-@group(0) @binding(2) var<storage, read> y: array<f32>;
-@group(0) @binding(3) var<storage, read> gy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> ghb: array<f32>;
+@group(0) @binding(1) var<storage, read> hb: array<HS>;
+@group(0) @binding(2) var<storage, read> y: array<HS>;
+@group(0) @binding(3) var<storage, read> gy: array<HS>;
+@group(0) @binding(4) var<storage, read_write> ghb: array<HS>;
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -36,15 +38,15 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         return;
     }
     let i = wid.y * p.volume + s;
-    let g = gy[i] * INV;
+    let g = f32(gy[i]) * INV;
     var j = i;
     if AFTER == 1u {
         for (var b = 0u; b < BR; b++) {
-            ghb[j] = g * activate_grad(hb[j], ACT);
+            ghb[j] = HS(g * activate_grad(f32(hb[j]), ACT));
             j += p.stride;
         }
     } else {
         // One row serves every branch (stride 0).
-        ghb[i] = g * activate_grad(y[i], ACT);
+        ghb[i] = HS(g * activate_grad(f32(y[i]), ACT));
     }
 }

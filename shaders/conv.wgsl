@@ -56,6 +56,10 @@ const WORDS: u32 = 1u;
 // backward_input MODE 4 where the previous stage keeps signs: gx is one row, dL/dx / BR.
 const SIGNS_IN: u32 = 0u;
 const INV: f32 = 1.0 / f32(BR);
+// Storage types of the activations on the input side (x, gx, hb_in) and the output side (y,
+// gy, hb): f32, or f16 under `[device] precision = "f16"` (every sum stays f32).
+alias XS = f32;
+alias YS = f32;
 
 struct Params {
     batch: u32,
@@ -82,17 +86,17 @@ struct Params {
 @group(0) @binding(2) var<storage, read> nbr: array<u32>;
 @group(0) @binding(3) var<storage, read> parity_tbl: array<u32>;
 // The convolution's input (what the forward read; backward_input reads it for act').
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<XS>;
+@group(0) @binding(5) var<storage, read_write> y: array<YS>;
 // Gradient with respect to this convolution's pre-activation output.
-@group(0) @binding(6) var<storage, read> gy: array<f32>;
-@group(0) @binding(7) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(6) var<storage, read> gy: array<YS>;
+@group(0) @binding(7) var<storage, read_write> gx: array<XS>;
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(9) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(10) var<uniform> wu: array<vec4<f32>, WLEN>;
 // BR > 1: this stage's branch outputs (forward), the previous stage's (backward_input MODE 4).
-@group(0) @binding(11) var<storage, read_write> hb: array<f32>;
-@group(0) @binding(12) var<storage, read> hb_in: array<f32>;
+@group(0) @binding(11) var<storage, read_write> hb: array<YS>;
+@group(0) @binding(12) var<storage, read> hb_in: array<XS>;
 // SIGNS: this stage's branch signs (written by the forward, read by the backward).
 @group(0) @binding(13) var<storage, read_write> bits: array<u32>;
 
@@ -150,7 +154,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             for (var ci = 0u; ci < CIN; ci++) {
                 var v: array<f32, NB>;
                 for (var j = 0u; j < NB; j++) {
-                    v[j] = m * x[xb[j] + ci * p.volume + n];
+                    v[j] = m * f32(x[xb[j] + ci * p.volume + n]);
                 }
                 let w = wb + ci * TAPS + t;
                 for (var co = 0u; co < COUT; co++) {
@@ -181,7 +185,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                                 sb[j * WORDS + (k >> 5u)] |= 1u << (k & 31u);
                             }
                         } else {
-                            hb[br * p.stride + (b * COUT + co) * p.volume + site] = h;
+                            hb[br * p.stride + (b * COUT + co) * p.volume + site] = YS(h);
                         }
                     }
                 }
@@ -199,7 +203,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         out = activate(out, ACT);
                     }
                 }
-                y[(b * COUT + co) * p.volume + site] = out;
+                y[(b * COUT + co) * p.volume + site] = YS(out);
             }
             if KEEP == 1u && SIGNS == 1u {
                 for (var w = 0u; w < WORDS; w++) {
@@ -248,7 +252,7 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             for (var co = 0u; co < COUT; co++) {
                 var g: array<f32, NB>;
                 for (var j = 0u; j < NB; j++) {
-                    g[j] = gy[gbr + gb[j] + co * p.volume + n];
+                    g[j] = f32(gy[gbr + gb[j] + co * p.volume + n]);
                     if SIGNS == 1u {
                         let k = br * COUT + co;
                         g[j] *= sign_grad(sw[j * WORDS + (k >> 5u)], k);
@@ -270,25 +274,25 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             for (var ci = 0u; ci < CIN; ci++) {
                 let i = (b * CIN + ci) * p.volume + site;
                 if MODE == 0u {
-                    gx[i] = acc[j * CIN + ci];
+                    gx[i] = XS(acc[j * CIN + ci]);
                 } else if MODE == 1u {
-                    gx[i] = acc[j * CIN + ci] * activate_grad(x[i], ACT_IN);
+                    gx[i] = XS(acc[j * CIN + ci] * activate_grad(f32(x[i]), ACT_IN));
                 } else if MODE == 2u {
-                    gx[i] += acc[j * CIN + ci] * mask_at(site);
+                    gx[i] = XS(f32(gx[i]) + acc[j * CIN + ci] * mask_at(site));
                 } else {
                     let g = acc[j * CIN + ci] * INV;
                     if SIGNS_IN == 1u {
                         // act' is applied where the previous stage reads the row.
-                        gx[i] = g;
+                        gx[i] = XS(g);
                     } else if AFTER == 1u {
                         var k = i;
                         for (var br = 0u; br < BR; br++) {
-                            gx[k] = g * activate_grad(hb_in[k], ACT_IN);
+                            gx[k] = XS(g * activate_grad(f32(hb_in[k]), ACT_IN));
                             k += p.stride_in;
                         }
                     } else {
                         // One row serves every branch (stride 0).
-                        gx[i] = g * activate_grad(x[i], ACT_IN);
+                        gx[i] = XS(g * activate_grad(f32(x[i]), ACT_IN));
                     }
                 }
             }
@@ -348,7 +352,7 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             let xrow = (b * CIN + ci) * p.volume;
             var v: array<f32, TPT>;
             for (var j = 0u; j < TPT; j++) {
-                v[j] = m[j] * x[xrow + n[j]];
+                v[j] = m[j] * f32(x[xrow + n[j]]);
             }
             let grow = gbr + (b * COUT + co0) * p.volume + s;
             var sw: array<u32, WORDS>;
@@ -358,7 +362,7 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 }
             }
             for (var co = 0u; co < COB; co++) {
-                var g = gy[grow + co * p.volume];
+                var g = f32(gy[grow + co * p.volume]);
                 if SIGNS == 1u {
                     let k = br * COUT + co0 + co;
                     g *= sign_grad(sw[k >> 5u], k);

@@ -8,6 +8,9 @@
 const WG: u32 = 256u;
 // The net's final activation (tanh, or none): backward applies its derivative to ds and dt.
 const ACT: u32 = 2u;
+// Storage type of the net's output (s, t) and its gradient: f32, or f16 under `[device]
+// precision = "f16"` (y, log q and their sums stay f32).
+alias HS = f32;
 
 struct Params {
     batch: u32,
@@ -19,13 +22,13 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> parity_tbl: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> st: array<f32>;
+@group(0) @binding(3) var<storage, read> st: array<HS>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> logq: array<f32>;
 // Backward: gradients of y (in) and of x and st (out), and dL/dlog q per sample.
 @group(0) @binding(6) var<storage, read> gy: array<f32>;
 @group(0) @binding(7) var<storage, read_write> gx: array<f32>;
-@group(0) @binding(8) var<storage, read_write> gst: array<f32>;
+@group(0) @binding(8) var<storage, read_write> gst: array<HS>;
 @group(0) @binding(9) var<storage, read> glogq: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -39,8 +42,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         if (parity_tbl[s] ^ p.parity) == 1u {
             y[row + s] = xv;
         } else {
-            let sv = st[srow + s];
-            let tv = st[srow + p.volume + s];
+            let sv = f32(st[srow + s]);
+            let tv = f32(st[srow + p.volume + s]);
             y[row + s] = fma(xv, exp(sv), tv);
             part += sv;
         }
@@ -65,15 +68,15 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         let dy = gy[row + s];
         if (parity_tbl[s] ^ p.parity) == 1u {
             gx[row + s] = dy;
-            gst[srow + s] = 0.0;
-            gst[srow + p.volume + s] = 0.0;
+            gst[srow + s] = HS(0.0);
+            gst[srow + p.volume + s] = HS(0.0);
         } else {
-            let sv = st[srow + s];
-            let tv = st[srow + p.volume + s];
+            let sv = f32(st[srow + s]);
+            let tv = f32(st[srow + p.volume + s]);
             let e = exp(sv);
             gx[row + s] = dy * e;
-            gst[srow + s] = (dy * x[row + s] * e - gl) * activate_grad(sv, ACT);
-            gst[srow + p.volume + s] = dy * activate_grad(tv, ACT);
+            gst[srow + s] = HS((dy * x[row + s] * e - gl) * activate_grad(sv, ACT));
+            gst[srow + p.volume + s] = HS(dy * activate_grad(tv, ACT));
         }
     }
 }

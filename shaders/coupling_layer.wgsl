@@ -69,6 +69,10 @@ const KEEP: u32 = 0u;
 // Backward: floats of workgroup memory for one branch's pre-activation gradient (max(HID, 2)
 // V where BR > 1; 1 otherwise).
 const GB: u32 = 1u;
+// Storage type of the activations (`act` in workgroup memory, `h` in memory): f32, or f16
+// under `[device] precision = "f16"`. The net's (s, t) are rounded to it before the coupling
+// uses them, as the per-kernel path stores them. Gradients and every sum stay f32.
+alias HS = f32;
 
 struct Params {
     batch: u32,
@@ -92,7 +96,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> logq: array<f32>;
-@group(0) @binding(6) var<storage, read_write> h: array<f32>;
+@group(0) @binding(6) var<storage, read_write> h: array<HS>;
 @group(0) @binding(7) var<uniform> wu: array<vec4<f32>, WLEN>;
 // Backward: dL/dy and dL/dlog q (in), dL/dx (out), per-workgroup weight-gradient sums, and
 // the flat parameter gradient.
@@ -103,7 +107,7 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> grads: array<f32>;
 
 // The sample's activations: hidden outputs alternate between [0, HID V) and [HID V, 2 HID V).
-var<workgroup> act: array<f32, HLEN>;
+var<workgroup> act: array<HS, HLEN>;
 // A symmetrised layer: copy 0's (s, t), until copy 1 combines them.
 var<workgroup> st0: array<f32, 2u * V * Z2 + 1u>;
 
@@ -160,7 +164,7 @@ fn fold_branch(
                 (*sum)[k * HID + co] += o;
             }
             if KEEP == 1u && s < V {
-                h[keep_at + co * V + s] = o;
+                h[keep_at + co * V + s] = HS(o);
             }
         }
     }
@@ -229,9 +233,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 if s < V {
                     for (var co = 0u; co < HID; co++) {
                         let a = stage_out(sum[k * HID + co], ACT_LEAKY);
-                        act[co * V + s] = a;
+                        act[co * V + s] = HS(a);
                         if TRAIN == 1u {
-                            h[(nb * HID + co) * V + s] = a;
+                            h[(nb * HID + co) * V + s] = HS(a);
                         }
                     }
                 }
@@ -265,7 +269,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         for (var ci = 0u; ci < HID; ci++) {
                             var v: array<f32, SPT>;
                             for (var k = 0u; k < SPT; k++) {
-                                v[k] = act[n[k] + ci * V];
+                                v[k] = f32(act[n[k] + ci * V]);
                             }
                             let w = wb + ci * TAPS + t;
                             for (var co = 0u; co < HID; co++) {
@@ -283,9 +287,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                     if s < V {
                         for (var co = 0u; co < HID; co++) {
                             let a = stage_out(sum[k * HID + co], ACT_LEAKY);
-                            act[dst + co * V + s] = a;
+                            act[dst + co * V + s] = HS(a);
                             if TRAIN == 1u {
-                                h[(m + 1u) * p.h_stride + (nb * HID + co) * V + s] = a;
+                                h[(m + 1u) * p.h_stride + (nb * HID + co) * V + s] = HS(a);
                             }
                         }
                     }
@@ -319,7 +323,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         let ws = weight(w);
                         let wt = weight(w + HID * TAPS);
                         for (var k = 0u; k < SPT; k++) {
-                            let v = act[n[k] + ci * V];
+                            let v = f32(act[n[k] + ci * V]);
                             sv[k] = fma(ws, v, sv[k]);
                             tv[k] = fma(wt, v, tv[k]);
                         }
@@ -337,19 +341,19 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         tsum[k] += to;
                     }
                     if KEEP == 1u && s < V {
-                        h[hb_last(c) + 2u * nb * V + s] = so;
-                        h[hb_last(c) + 2u * nb * V + V + s] = to;
+                        h[hb_last(c) + 2u * nb * V + s] = HS(so);
+                        h[hb_last(c) + 2u * nb * V + V + s] = HS(to);
                     }
                 }
             }
             for (var k = 0u; k < SPT; k++) {
                 let s = s0 + k * WG;
                 if s < V {
-                    var sa = stage_out(ssum[k], ACT_OUT);
-                    var ta = stage_out(tsum[k], ACT_OUT);
+                    var sa = f32(HS(stage_out(ssum[k], ACT_OUT)));
+                    var ta = f32(HS(stage_out(tsum[k], ACT_OUT)));
                     if TRAIN == 1u {
-                        h[p.st_off + 2u * nb * V + s] = sa;
-                        h[p.st_off + 2u * nb * V + V + s] = ta;
+                        h[p.st_off + 2u * nb * V + s] = HS(sa);
+                        h[p.st_off + 2u * nb * V + V + s] = HS(ta);
                     }
                     if br < Z2 {
                         st0[s] = sa;
@@ -429,7 +433,7 @@ fn conv_backward(
             for (var i = lid; i < cout * V; i += WG) {
                 var g = gact[gsrc + i] * INV;
                 if AFTER == 1u {
-                    g *= activate_grad(h[hbo + c * hbs + i], a);
+                    g *= activate_grad(f32(h[hbo + c * hbs + i]), a);
                 }
                 gact[GOFF + i] = g;
             }
@@ -448,7 +452,7 @@ fn conv_backward(
             for (var s = 0u; s < V; s++) {
                 var v: array<f32, TPT>;
                 for (var j = 0u; j < TPT; j++) {
-                    v[j] = h[row + nbr[(s * BR + c) * TAPS + t0 + j]];
+                    v[j] = f32(h[row + nbr[(s * BR + c) * TAPS + t0 + j]]);
                 }
                 for (var co = 0u; co < cout; co++) {
                     let g = gact[g0 + co * V + s];
@@ -514,7 +518,7 @@ fn conv_backward(
                         if c + 1u < BR {
                             gact[i] = tot;
                         } else {
-                            gact[i] = tot * out_grad(h[hin + ci * V + s], ACT_LEAKY);
+                            gact[i] = tot * out_grad(f32(h[hin + ci * V + s]), ACT_LEAKY);
                         }
                     }
                 }
@@ -557,8 +561,8 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     gact[HLEN + s] = 0.0;
                     gact[HLEN + V + s] = 0.0;
                 } else if Z2 == 0u {
-                    let sv = h[p.st_off + 2u * xrow + s];
-                    let tv = h[p.st_off + 2u * xrow + V + s];
+                    let sv = f32(h[p.st_off + 2u * xrow + s]);
+                    let tv = f32(h[p.st_off + 2u * xrow + V + s]);
                     let e = exp(sv);
                     gxd[s] = dy * e;
                     gact[HLEN + s] = (dy * x[xrow + s] * e - gl) * out_grad(sv, ACT_OUT);
@@ -566,13 +570,13 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                 } else {
                     let u0 = p.st_off + 2u * xrow + s;
                     let u1 = p.st_off + 2u * (xrow + p.batch * V) + s;
-                    let e = exp(0.5 * (h[u0] + h[u1]));
+                    let e = exp(0.5 * (f32(h[u0]) + f32(h[u1])));
                     if br == 0u {
                         gxd[s] = dy * e;
                     }
                     let u = p.st_off + 2u * nb * V + s;
-                    gact[HLEN + s] = 0.5 * (dy * x[xrow + s] * e - gl) * out_grad(h[u], ACT_OUT);
-                    gact[HLEN + V + s] = sign * (0.5 * dy) * out_grad(h[u + V], ACT_OUT);
+                    gact[HLEN + s] = 0.5 * (dy * x[xrow + s] * e - gl) * out_grad(f32(h[u]), ACT_OUT);
+                    gact[HLEN + V + s] = sign * (0.5 * dy) * out_grad(f32(h[u + V]), ACT_OUT);
                 }
             }
             workgroupBarrier();
@@ -627,7 +631,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                     for (var i = lid; i < HID * V; i += WG) {
                         var g = gact[i] * INV;
                         if AFTER == 1u {
-                            g *= activate_grad(h[hbo + i], ACT_LEAKY);
+                            g *= activate_grad(f32(h[hbo + i]), ACT_LEAKY);
                         }
                         gact[GOFF + i] = g;
                     }

@@ -12,6 +12,9 @@
 const WG: u32 = 64u;
 // The net's final activation, whose derivative combine_backward applies per branch.
 const ACT: u32 = 2u;
+// Storage type of the net's outputs u and their gradient gu: f32, or f16 under `[device]
+// precision = "f16"` ((s, t) and the field stay f32).
+alias HS = f32;
 
 struct Params {
     // B: the coupling's batch (the net's is 2B).
@@ -25,11 +28,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> parity_tbl: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> xx: array<f32>;
-@group(0) @binding(4) var<storage, read> u: array<f32>;
+@group(0) @binding(4) var<storage, read> u: array<HS>;
 @group(0) @binding(5) var<storage, read_write> st: array<f32>;
 // Backward: dL/d(s, t) (in), dL/du pre-activation (out), dL/dxx (in), dL/dx (added to).
 @group(0) @binding(6) var<storage, read> gst: array<f32>;
-@group(0) @binding(7) var<storage, read_write> gu: array<f32>;
+@group(0) @binding(7) var<storage, read_write> gu: array<HS>;
 @group(0) @binding(8) var<storage, read> gxx: array<f32>;
 @group(0) @binding(9) var<storage, read_write> gx: array<f32>;
 
@@ -65,8 +68,8 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let b = wid.y;
     let pos = 2u * b * p.volume + s;
     let neg = 2u * (p.batch + b) * p.volume + s;
-    st[pos] = 0.5 * (u[pos] + u[neg]);
-    st[pos + p.volume] = 0.5 * (u[pos + p.volume] - u[neg + p.volume]);
+    st[pos] = 0.5 * (f32(u[pos]) + f32(u[neg]));
+    st[pos + p.volume] = 0.5 * (f32(u[pos + p.volume]) - f32(u[neg + p.volume]));
 }
 
 @compute @workgroup_size(WG)
@@ -80,8 +83,8 @@ fn combine_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let neg = 2u * (p.batch + b) * p.volume + s;
     let gs = 0.5 * gst[pos];
     let gt = 0.5 * gst[pos + p.volume];
-    gu[pos] = gs * activate_grad(u[pos], ACT);
-    gu[neg] = gs * activate_grad(u[neg], ACT);
-    gu[pos + p.volume] = gt * activate_grad(u[pos + p.volume], ACT);
-    gu[neg + p.volume] = -gt * activate_grad(u[neg + p.volume], ACT);
+    gu[pos] = HS(gs * activate_grad(f32(u[pos]), ACT));
+    gu[neg] = HS(gs * activate_grad(f32(u[neg]), ACT));
+    gu[pos + p.volume] = HS(gt * activate_grad(f32(u[pos + p.volume]), ACT));
+    gu[neg + p.volume] = HS(-gt * activate_grad(f32(u[neg + p.volume]), ACT));
 }

@@ -52,6 +52,9 @@ pub struct BenchReport {
     pub sample_per_s: f64,
     pub sample_batch: usize,
     pub memory_bytes: u64,
+    /// The storage of the activations ("f32" or "f16") and the training tape's bytes of them.
+    pub precision: String,
+    pub activation_bytes: u64,
     /// Sum of the kernels timed alone (the step minus launch and barrier overhead).
     pub kernels_sum_s: f64,
     pub kernels: Vec<KernelRow>,
@@ -203,6 +206,8 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
         sample_per_s,
         sample_batch: o.sample_batch,
         memory_bytes: tape.memory_bytes() + proposer.tape.memory_bytes(),
+        precision: tape.spec.precision.name().into(),
+        activation_bytes: tape.activation_bytes,
         kernels_sum_s,
         kernels,
         tuning_s: tuner.spent.as_secs_f64(),
@@ -238,10 +243,13 @@ pub fn print(r: &BenchReport) {
         r.step_gflop / r.train_step_s
     );
     println!(
-        "sampling {:.0} proposals/s (batch {}); planned memory {:.2} MiB",
+        "sampling {:.0} proposals/s (batch {}); planned memory {:.2} MiB, of which training \
+         activations {:.2} MiB ({})",
         r.sample_per_s,
         r.sample_batch,
-        r.memory_bytes as f64 / (1 << 20) as f64
+        r.memory_bytes as f64 / (1 << 20) as f64,
+        r.activation_bytes as f64 / (1 << 20) as f64,
+        r.precision
     );
     println!(
         "kernels timed alone sum to {:.3} ms per step:",

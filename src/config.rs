@@ -11,6 +11,7 @@
 //! `Config` back through the same structs.
 
 use crate::flow::{Combi, CombiAct};
+use crate::gpu::Precision;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -139,6 +140,9 @@ pub struct Config {
     pub version: String,
     /// GomalizingFlow's device_id: N >= 0 the N-th adapter, -1 the software adapter.
     pub device_id: Option<i64>,
+    /// Ours: the storage type of activations and their gradients (f16 where the adapter has
+    /// SHADER_F16; `Gpu::precision`).
+    pub precision: Precision,
     pub training: Training,
     pub physical: Physical,
     pub model: Model,
@@ -155,7 +159,7 @@ pub const MAX_CHANNELS: usize = 128;
 /// as the file spells them (tests/config.rs checks that the two agree).
 pub const TABLES: &[(&str, &[&str])] = &[
     ("config", &["version"]),
-    ("device", &["device_id"]),
+    ("device", &["device_id", "precision"]),
     (
         "training",
         &[
@@ -199,6 +203,9 @@ fn accepted(table: &str, key: &str) -> Option<String> {
         ("config", "version") => "any value (GomalizingFlow's config version, e.g. \"0.1.0\")",
         ("device", "device_id") => {
             "-1 (the software adapter) or the index N >= 0 of an adapter in `gomaflow-wgpu devices`"
+        }
+        ("device", "precision") => {
+            "\"f32\" or \"f16\" (activations stored as f16 where the adapter has SHADER_F16)"
         }
         ("physical", "L") => "the lattice extent, an even integer >= 2",
         ("physical", "Nd") => "the number of dimensions, 1, 2, 3 or 4",
@@ -302,6 +309,8 @@ impl Default for ConfigTable {
 struct DeviceTable {
     #[serde(skip_serializing_if = "Option::is_none")]
     device_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -446,7 +455,7 @@ impl Document {
             toml::Value::String(s) => s,
             v => v.to_string(),
         };
-        let device_id = self.device.validate(&file)?;
+        let (device_id, precision) = self.device.validate(&file)?;
         let physical = self.physical.validate(&file)?;
         let model = self.model.validate(&file)?;
         if let Some(c) = model.combi
@@ -463,6 +472,7 @@ impl Document {
             source: path.to_path_buf(),
             version,
             device_id,
+            precision,
             physical,
             model,
             training: self.training.validate(&file)?,
@@ -471,14 +481,24 @@ impl Document {
 }
 
 impl DeviceTable {
-    fn validate(self, file: &str) -> Result<Option<i64>> {
+    fn validate(self, file: &str) -> Result<(Option<i64>, Precision)> {
         let c = Check {
             file,
             table: "device",
         };
-        self.device_id
+        let id = (self.device_id)
             .map(|id| c.int_in("device_id", id, -1, i64::from(u16::MAX)))
-            .transpose()
+            .transpose()?;
+        let precision = match self.precision {
+            None => Precision::F32,
+            Some(p) => p.parse().map_err(|_| {
+                c.err(
+                    "precision",
+                    format!("must be {}, got {p:?}", c.what("precision")),
+                )
+            })?,
+        };
+        Ok((id, precision))
     }
 }
 
@@ -700,6 +720,8 @@ impl From<&Config> for Document {
             },
             device: DeviceTable {
                 device_id: c.device_id,
+                // Written only where it is not the default.
+                precision: (c.precision != Precision::F32).then(|| c.precision.name().into()),
             },
             training: TrainingTable {
                 seed: t.seed as i64,

@@ -63,6 +63,7 @@ impl Proposer {
             lr: 0.0,
             adam_betas: cfg.training.adam_betas,
             fusion: crate::tape::Fusion::Auto,
+            precision: cfg.precision,
         };
         Self::from_spec(gpu, spec, params).with_context(|| cfg.sizes(batch_key, batch))
     }

@@ -6,7 +6,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::files::{FloatType, NpyWriter};
 use crate::flow::FlowSpec;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Precision};
 use crate::kernels::reduce::reference::ess_per_sample;
 use crate::lattice::Lattice;
 use crate::observables::{Measurement, pareto_k, tau_acceptance_replicas};
@@ -33,6 +33,8 @@ pub struct SampleOptions {
     pub npy_dtype: FloatType,
     /// Run chain I of N with its own streams and write its measurements to `dir/shards/`.
     pub shard: Option<ShardId>,
+    /// Overrides the run's `[device] precision` (`crate::commands::set_precision`).
+    pub precision: Option<Precision>,
 }
 
 pub struct SampleRun {
@@ -122,7 +124,8 @@ pub fn run(
             o.samples
         );
     }
-    let (cfg, ck_path) = open_run(dir, o.latest)?;
+    let (mut cfg, ck_path) = open_run(dir, o.latest)?;
+    crate::commands::set_precision(&mut cfg, o.precision, gpu);
     let flow = FlowSpec::from_config(&cfg);
     let ck = checkpoint::load(&ck_path, &flow, true)?;
     let params = gpu.upload_params(&ck.params)?;

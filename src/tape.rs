@@ -19,7 +19,7 @@
 
 use crate::config::PriorKind;
 use crate::flow::{CombiAct, CouplingKind, FlowSpec};
-use crate::gpu::{Dispatch, Gpu, GpuBuffer, Usage};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, Precision, Usage};
 use crate::kernels::Act;
 use crate::kernels::LatticeBuffers;
 use crate::kernels::action::{Action, ActionSpec};
@@ -61,6 +61,9 @@ pub struct TapeSpec {
     pub adam_betas: [f64; 2],
     /// Whether each coupling layer runs as one dispatch each way.
     pub fusion: Fusion,
+    /// The storage type of the nets' activations and their gradients (f16 needs an adapter
+    /// with SHADER_F16: resolve it with `Gpu::precision`). Layers then run per kernel.
+    pub precision: Precision,
 }
 
 /// Whether each coupling layer runs as one dispatch forward and one (plus a reduction)
@@ -152,6 +155,7 @@ impl TapeSpec {
             lr: cfg.lr(1),
             adam_betas: cfg.training.adam_betas,
             fusion: Fusion::Auto,
+            precision: cfg.precision,
         }
     }
 }
@@ -240,13 +244,27 @@ impl Op {
 struct Planner<'a> {
     gpu: &'a Gpu,
     list: Vec<(String, u64)>,
+    precision: Precision,
+    /// Bytes of the nets' activations and their gradients (`act`).
+    act_bytes: u64,
 }
 
 impl Planner<'_> {
     fn f32(&mut self, label: String, len: usize) -> Result<GpuBuffer> {
+        self.typed(label, len, Precision::F32)
+    }
+
+    /// A buffer of the nets' activations or their gradients, stored as the tape's precision.
+    fn act(&mut self, label: String, len: usize) -> Result<GpuBuffer> {
+        let b = self.typed(label, len, self.precision)?;
+        self.act_bytes += b.size;
+        Ok(b)
+    }
+
+    fn typed(&mut self, label: String, len: usize, precision: Precision) -> Result<GpuBuffer> {
         let b = self
             .gpu
-            .storage(&label, len)
+            .activations(&label, len, precision)
             .context("planning the buffers; lower the batch or the lattice")?;
         self.list.push((label, b.size));
         Ok(b)
@@ -350,6 +368,7 @@ fn layer_spec(spec: &TapeSpec, l: usize) -> CouplingLayerSpec {
         net: spec.flow.nets[l].clone(),
         train: spec.mode == Mode::Train,
         gpu_tiling: false,
+        precision: spec.precision,
     }
 }
 
@@ -368,7 +387,7 @@ fn choose_exec(gpu: &Gpu, spec: &TapeSpec, uniform_params: bool, l: usize) -> Ex
     let forward = spec.fusion.wanted(gpu, spec)
         && uniform_params
         && ls.unfusable(gpu).is_none()
-        && (!ls.train || (4 * h_len) as u64 <= max_binding);
+        && (!ls.train || h_len as u64 * spec.precision.bytes() <= max_binding);
     // A symmetrised layer's per-kernel backward reads the combined (s, t) and [x; -x], and a
     // combinational one's its branches' outputs in its own layout, which the whole-layer
     // forward does not write: such a layer runs whole both ways or not at all.
@@ -555,7 +574,7 @@ impl Buffers {
             Ok(Activations {
                 whole: None,
                 convs: (net.stages().enumerate())
-                    .map(|(j, c)| pl.f32(format!("{name}[{j}]"), nb * c[0].cout * v))
+                    .map(|(j, c)| pl.act(format!("{name}[{j}]"), nb * c[0].cout * v))
                     .collect::<Result<_>>()?,
                 // The branches' outputs, where the backward reads them.
                 branches: if net.combi() && net.combi_act == CombiAct::Branch && train {
@@ -564,12 +583,12 @@ impl Buffers {
                             // Words: the branches' outputs, or their signs (a u32 per
                             // 32 branch channels and site-sample).
                             let cs = combi_spec(spec, l, j);
-                            let what = if keeps_signs(cs.mode, cs.act) {
-                                "branch signs"
+                            let label = format!("{name}[{j}] branch");
+                            if keeps_signs(cs.mode, cs.act) {
+                                pl.f32(label + " signs", cs.kept_len())
                             } else {
-                                "branches"
-                            };
-                            pl.f32(format!("{name}[{j}] {what}"), cs.kept_len())
+                                pl.act(label + "es", cs.kept_len())
+                            }
                         })
                         .collect::<Result<_>>()?
                 } else {
@@ -591,12 +610,13 @@ impl Buffers {
                 (Exec::Whole | Exec::WholeForward, true) => {
                     let ch = flow.nets[l].channels();
                     let nb = b * flow.nets[l].coupling.net_batch_factor();
-                    let (off, _) = activation_offsets(nb, v, &ch);
+                    let (off, _) = activation_offsets(nb, v, &ch, spec.precision);
+                    let e = spec.precision.bytes();
                     // The stages' outputs, then a combinational layer's branches'.
-                    let buf = pl.f32(format!("h[{l}]"), layer_spec(spec, l).h_len())?;
+                    let buf = pl.act(format!("h[{l}]"), layer_spec(spec, l).h_len())?;
                     Activations {
                         convs: (0..ch.len() - 1)
-                            .map(|j| buf.range(4 * off[j] as u64, (4 * nb * ch[j + 1] * v) as u64))
+                            .map(|j| buf.range(e * off[j] as u64, e * (nb * ch[j + 1] * v) as u64))
                             .collect(),
                         branches: vec![],
                         whole: Some(buf),
@@ -682,11 +702,11 @@ impl Buffers {
                 gh: gh_len
                     .iter()
                     .enumerate()
-                    .map(|(j, &n)| pl.f32(format!("dL/dh[{j}]"), n))
+                    .map(|(j, &n)| pl.act(format!("dL/dh[{j}]"), n))
                     .collect::<Result<_>>()?,
                 ghb: (ghb_len.iter().enumerate())
                     .filter(|(_, n)| **n > 0)
-                    .map(|(j, &n)| pl.f32(format!("dL/dh[{j}] branches"), n))
+                    .map(|(j, &n)| pl.act(format!("dL/dh[{j}] branches"), n))
                     .collect::<Result<_>>()?,
                 partial: pl.f32("weight-gradient partials".into(), partial_len)?,
                 gmirrored: z2
@@ -900,6 +920,9 @@ pub struct Tape {
     pub adam: Option<Adam>,
     /// Every buffer this tape allocated (label, bytes), for the plan printout.
     pub buffers: Vec<(String, u64)>,
+    /// Bytes of those that hold the nets' activations and their gradients (what `[device]
+    /// precision` stores as f16).
+    pub activation_bytes: u64,
 }
 
 impl Tape {
@@ -913,7 +936,17 @@ impl Tape {
         let exec: Vec<Exec> = (0..flow.n_layers)
             .map(|l| choose_exec(gpu, &spec, params.usage.contains(Usage::UNIFORM), l))
             .collect();
-        let mut pl = Planner { gpu, list: vec![] };
+        if spec.precision == Precision::F16 && !gpu.has_f16() {
+            anyhow::bail!(
+                "an f16 tape needs an adapter with SHADER_F16 (resolve with Gpu::precision)"
+            );
+        }
+        let mut pl = Planner {
+            gpu,
+            list: vec![],
+            precision: spec.precision,
+            act_bytes: 0,
+        };
         let buf = Buffers::plan(gpu, &spec, &exec, &mut pl)?;
 
         let mut ops = vec![Op::Prior(Prior::new(
@@ -1003,6 +1036,7 @@ impl Tape {
             ops,
             adam,
             buffers: pl.list,
+            activation_bytes: pl.act_bytes,
             spec,
         })
     }

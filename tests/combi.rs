@@ -8,6 +8,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::flow::{Combi, CombiAct, FlowSpec, PARAM_ALIGN, Taps};
+use gomaflow_wgpu::gpu::Precision;
 use gomaflow_wgpu::kernels::combi::{
     CombiSpec, Mean, keeps_signs, reference, row_stride, sign_words,
 };
@@ -42,7 +43,22 @@ fn stage(c: &Stage, seed: u64) {
 /// `stage` with `batch` samples; `candidates`: also with every tiling the tuner may choose
 /// (`ConvCandidates::every_tiling`).
 fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
+    stage_typed(c, seed, batch, candidates, [Precision::F32; 2]);
+}
+
+/// `stage_tilings` with the input side (x, gx, the previous stage's branches) and the output
+/// side (y, gy, the branches' outputs) stored as `types`: the reference reads the stored
+/// inputs; an f16 output is further rounded once, by at most 2^-11 of its value.
+fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Precision; 2]) {
     let g = gpu();
+    let [tin, tout] = types;
+    let half_ulp = |t: Precision| {
+        if t == Precision::F16 {
+            1.0 / 2048.0
+        } else {
+            0.0
+        }
+    };
     let k = 3;
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
@@ -74,26 +90,26 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
         row_stride(n_out, c.mode, c.act),
     );
     let label = format!(
-        "combi stage {}C{} L={} {}->{} {:?} {:?} {:?}",
+        "combi stage {}C{} L={} {}->{} {:?} {:?} {:?} {types:?}",
         c.nd, c.r, c.l, c.cin, c.cout, c.act, c.mode, c.input_grad
     );
     let mut r = rng(seed);
-    let x = rounded(&uniform(&mut r, n_in, -1.0, 1.0));
+    let x = rounded_as(&uniform(&mut r, n_in, -1.0, 1.0), tin);
     let w: Vec<Vec<f64>> = (0..nb)
         .map(|_| rounded(&uniform(&mut r, np, -0.5, 0.5)))
         .collect();
     let mut gy: Vec<Vec<f64>> = if after {
         (0..nb)
-            .map(|_| rounded(&uniform(&mut r, n_out, -1.0, 1.0)))
+            .map(|_| rounded_as(&uniform(&mut r, n_out, -1.0, 1.0), tout))
             .collect()
     } else {
-        vec![rounded(&uniform(&mut r, n_out, -1.0, 1.0)); nb]
+        vec![rounded_as(&uniform(&mut r, n_out, -1.0, 1.0), tout); nb]
     };
     // The previous stage's branch outputs (for ToBranches) and dL/dx's prior contents.
     let hb_in: Vec<Vec<f64>> = (0..nb)
-        .map(|_| rounded(&uniform(&mut r, n_in, -1.0, 1.0)))
+        .map(|_| rounded_as(&uniform(&mut r, n_in, -1.0, 1.0), tin))
         .collect();
-    let gx0 = rounded(&uniform(&mut r, n_in, -1.0, 1.0));
+    let gx0 = rounded_as(&uniform(&mut r, n_in, -1.0, 1.0), tin);
     let parity = 1;
     let mask = lat.mask(parity);
     let x_eff: Vec<f64> = (x.iter().enumerate())
@@ -213,22 +229,28 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
         let params = g.upload_with("params", &f32s(&p), usage).unwrap();
         let grads = g.storage("grads", w_off + span + 70).unwrap();
         let (bx, by, bhb) = (
-            upload("x", &x),
-            g.storage("y", n_out).unwrap(),
-            g.storage("hb", (nb - 1) * s_out + n_out).unwrap(),
+            upload_as("x", &x, tin),
+            g.activations("y", n_out, tout).unwrap(),
+            // Sign words are u32, whatever the precision.
+            g.activations(
+                "hb",
+                (nb - 1) * s_out + n_out,
+                if signs { Precision::F32 } else { tout },
+            )
+            .unwrap(),
         );
         let bgy = if signs {
-            upload("gy", &g_row)
+            upload_as("gy", &g_row, tout)
         } else {
-            upload("gy", &rows(&gy, s_out))
+            upload_as("gy", &rows(&gy, s_out), tout)
         };
         let to_branches = matches!(c.input_grad, InputGrad::ToBranches(_));
         let bgx = if to_branches {
-            upload("gx", &vec![9.0; (nb - 1) * s_in + n_in])
+            upload_as("gx", &vec![9.0; (nb - 1) * s_in + n_in], tin)
         } else {
-            upload("gx", &gx0)
+            upload_as("gx", &gx0, tin)
         };
-        let bhb_in = upload("hb_in", &rows(&hb_in, s_in));
+        let bhb_in = upload_as("hb_in", &rows(&hb_in, s_in), tin);
         let partial = g.storage("partial", spec.partial_len()).unwrap();
         let conv = Conv::new(
             g,
@@ -282,14 +304,14 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
                 &format!("{label} branch {b} output"),
                 &got_hb[b * s_out..b * s_out + n_out],
                 want,
-                sum_tol(c.cin * taps + 1),
+                sum_tol(c.cin * taps + 1) + half_ulp(tout),
             );
         }
         check(
             &format!("{label} mean"),
             &read(&by),
             &y,
-            sum_tol(nb * (c.cin * taps + 1)),
+            sum_tol(nb * (c.cin * taps + 1)) + half_ulp(tout),
         );
         let gw = read(&grads);
         for (b, ((t, wb), gb)) in branches.iter().zip(&w).zip(&gy).enumerate() {
@@ -328,7 +350,7 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
             &format!("{label} input gradient"),
             &got_gx,
             &gx_want,
-            sum_tol(nb * c.cout * taps + 1),
+            sum_tol(nb * c.cout * taps + 1) + half_ulp(tin),
         );
     }
 }
@@ -454,6 +476,13 @@ fn combi_every_tuning_candidate() {
 /// The last stage's mean backward (combi.wgsl) against the reference, and the reference
 /// mean's backward against finite differences of its forward.
 fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
+    mean_backward_typed(branches, mode, act, seed, Precision::F32);
+}
+
+/// `mean_backward` with every buffer stored as `ty` (the net's last stage under `[device]
+/// precision = "f16"`): the reference reads the stored values; the f16 gradient is rounded
+/// once more, by at most 2^-11 of its value.
+fn mean_backward_typed(branches: usize, mode: CombiAct, act: Act, seed: u64, ty: Precision) {
     let g = gpu();
     let (rows, volume) = (6, 16);
     let spec = CombiSpec {
@@ -470,7 +499,7 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
         !after || stride > n,
         "the rows are padded: the test covers the stride"
     );
-    let label = format!("combi mean {branches} branches {mode:?} {act:?}");
+    let label = format!("combi mean {branches} branches {mode:?} {act:?} {ty:?}");
     let mut r = rng(seed);
     // Branch outputs: activated under Branch (what the branch convolutions wrote), raw under
     // Last.
@@ -481,11 +510,11 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
                 CombiAct::Branch => a.iter().map(|&x| act.apply(x)).collect(),
                 CombiAct::Last => a,
             };
-            rounded(&h)
+            rounded_as(&h, ty)
         })
         .collect();
-    let y = rounded(&reference::forward(&hb, mode, act));
-    let gy = rounded(&uniform(&mut r, n, -1.0, 1.0));
+    let y = rounded_as(&reference::forward(&hb, mode, act), ty);
+    let gy = rounded_as(&uniform(&mut r, n, -1.0, 1.0), ty);
     // Under Last the kernel reads y and writes one row shared by every branch.
     let padded = row_stride(n, CombiAct::Branch, Act::None);
     let mut flat = vec![7.0; branches * padded];
@@ -494,15 +523,20 @@ fn mean_backward(branches: usize, mode: CombiAct, act: Act, seed: u64) {
         flat[at..at + n].copy_from_slice(h);
     }
     let (bhb, by, bgy, bghb) = (
-        upload("hb", &flat),
-        upload("y", &y),
-        upload("gy", &gy),
-        upload("ghb", &vec![7.0; span + 64]),
+        upload_as("hb", &flat, ty),
+        upload_as("y", &y, ty),
+        upload_as("gy", &gy, ty),
+        upload_as("ghb", &vec![7.0; span + 64], ty),
     );
     let m = Mean::new(g, spec, &bhb, &by, &bgy, &bghb).unwrap();
     g.run(&[&m.backward]).unwrap();
 
-    let tol = 8.0 * U;
+    let tol = 8.0 * U
+        + if ty == Precision::F16 {
+            1.0 / 2048.0
+        } else {
+            0.0
+        };
     let gb = reference::backward(&hb, &y, &gy, mode, act);
     let got = read(&bghb);
     for (b, want) in gb.iter().enumerate() {
@@ -567,6 +601,50 @@ fn combi_mean() {
             mean_backward(branches, mode, act, seed);
             seed += 1;
         }
+    }
+}
+
+/// f16 storage (`[device] precision = "f16"`): the last stage's mean backward, and stages
+/// of 2C1, 3C1 (signs kept), 3C2 and 4C2 nets with every epilogue, f16 on both sides (the first
+/// stage reads the f32 field).
+#[test]
+fn combi_f16_storage() {
+    use Precision::{F16, F32};
+    for (i, (mode, act)) in [
+        (CombiAct::Branch, Act::Tanh),
+        (CombiAct::Last, Act::Tanh),
+        (CombiAct::Last, Act::None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        mean_backward_typed(3, mode, act, 60 + i as u64, F16);
+    }
+    let st = |nd, l, r, cin, cout, act, mode, input_grad| Stage {
+        nd,
+        l,
+        r,
+        cin,
+        cout,
+        act,
+        mode,
+        in_mask: cin == 1,
+        input_grad,
+    };
+    let leaky = InputGrad::ToBranches(Act::Leaky);
+    let (branch, last) = (CombiAct::Branch, CombiAct::Last);
+    let cases = [
+        (
+            st(2, 4, 1, 1, 4, Act::Leaky, branch, InputGrad::AddMasked),
+            [F32, F16],
+        ),
+        (st(3, 4, 1, 4, 4, Act::Leaky, branch, leaky), [F16, F16]),
+        (st(3, 4, 1, 4, 2, Act::Tanh, branch, leaky), [F16, F16]),
+        (st(3, 4, 2, 3, 3, Act::Leaky, last, leaky), [F16, F16]),
+        (st(4, 3, 2, 3, 2, Act::Tanh, branch, leaky), [F16, F16]),
+    ];
+    for (i, (c, types)) in cases.iter().enumerate() {
+        stage_typed(c, 160 + i as u64, 3, false, *types);
     }
 }
 

@@ -272,6 +272,15 @@ fn errors_name_file_key_and_what_is_accepted() {
             with("[device]", "[device]\ndevice_id = -2"),
             &["[device].device_id", "-1"],
         ),
+        (
+            with("[device]", "[device]\nprecision = \"f64\""),
+            &[
+                "test.toml",
+                "[device].precision",
+                "\"f32\" or \"f16\"",
+                "\"f64\"",
+            ],
+        ),
         // A combinational convolution needs 1 <= r < Nd (the tutorial is 2D).
         (
             with("use_bn = ", "use_bn = false\ncombi_r = 2"),
@@ -306,7 +315,12 @@ fn errors_name_file_key_and_what_is_accepted() {
 /// them, and a value of the wrong type for each is refused with the key and what it accepts.
 #[test]
 fn tables_lists_every_key() {
-    let c = parse(&with("[device]", "[device]\ndevice_id = 0")).unwrap();
+    // (precision is written where it is not the default f32.)
+    let c = parse(&with(
+        "[device]",
+        "[device]\ndevice_id = 0\nprecision = \"f16\"",
+    ))
+    .unwrap();
     let written: toml::Table = toml::from_str(&c.to_toml()).unwrap();
     let keys_of = |t: &toml::Table| {
         t.iter()

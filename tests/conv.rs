@@ -7,6 +7,7 @@
 
 use crate::common::*;
 use gomaflow_wgpu::flow::{CombiAct, Taps};
+use gomaflow_wgpu::gpu::Precision;
 use gomaflow_wgpu::kernels::conv::{
     Conv, ConvBuffers, ConvDims, ConvGrads, ConvSpec, InputGrad, reference,
 };
@@ -37,7 +38,22 @@ fn run(c: &Case, seed: u64) {
 /// `run` with `batch` samples; `candidates`: also with every tiling the tuner may choose
 /// (`ConvCandidates::every_tiling`).
 fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
+    run_typed(c, seed, batch, candidates, [Precision::F32; 2]);
+}
+
+/// `run_tilings` with the input side (x, gx) and the output side (y, gy) stored as `types`.
+/// The reference sees the stored inputs; an f16 output is further rounded once, by at most
+/// 2^-11 of its value (half an ulp of an 11-bit significand), which the tolerance adds.
+fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precision; 2]) {
     let g = gpu();
+    let [tin, tout] = types;
+    let half_ulp = |t: Precision| {
+        if t == Precision::F16 {
+            1.0 / 2048.0
+        } else {
+            0.0
+        }
+    };
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
     let window = match &c.axes {
@@ -67,11 +83,11 @@ fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
         c.input_grad
     );
     let mut r = rng(seed);
-    let x = rounded(&uniform(&mut r, batch * c.cin * v, -1.0, 1.0));
+    let x = rounded_as(&uniform(&mut r, batch * c.cin * v, -1.0, 1.0), tin);
     let weights = rounded(&uniform(&mut r, dims.n_params(), -0.5, 0.5));
     let w = &weights[..];
-    let gy = rounded(&uniform(&mut r, batch * c.cout * v, -1.0, 1.0));
-    let gx0 = rounded(&uniform(&mut r, batch * c.cin * v, -1.0, 1.0));
+    let gy = rounded_as(&uniform(&mut r, batch * c.cout * v, -1.0, 1.0), tout);
+    let gx0 = rounded_as(&uniform(&mut r, batch * c.cin * v, -1.0, 1.0), tin);
     let parity = 1;
     let mask = lat.mask(parity);
     let x_eff: Vec<f64> = if c.in_mask {
@@ -166,10 +182,10 @@ fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
                 g.upload_with("params", &f32s(&p), usage).unwrap()
             },
             g.storage("grads", w_off + dims.n_params() + 70).unwrap(),
-            upload("x", &x),
-            g.storage("y", batch * c.cout * v).unwrap(),
-            upload("gy", &gy),
-            upload("gx", &gx0),
+            upload_as("x", &x, tin),
+            g.activations("y", batch * c.cout * v, tout).unwrap(),
+            upload_as("gy", &gy, tout),
+            upload_as("gx", &gx0, tin),
             g.storage("partial", spec.partial_len()).unwrap(),
         );
         let spec_tiling = spec.tiling;
@@ -197,7 +213,7 @@ fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
         g.run(&all).unwrap();
 
         let label = format!(
-            "{label} batch {batch} {:?} {}",
+            "{label} {types:?} batch {batch} {:?} {}",
             spec_tiling,
             if ubo {
                 "uniform weights"
@@ -209,7 +225,7 @@ fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
             &format!("{label} forward"),
             &read(&bufs.3),
             &y_ref,
-            4.0 * (c.cin * taps + 1) as f64 * U,
+            4.0 * (c.cin * taps + 1) as f64 * U + half_ulp(tout),
         );
         let gw = read(&bufs.1)[w_off..w_off + dims.n_params()].to_vec();
         check(
@@ -222,7 +238,7 @@ fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
             &format!("{label} backward_input"),
             &read(&bufs.5),
             &gx_ref,
-            4.0 * (c.cout * taps + 1) as f64 * U,
+            4.0 * (c.cout * taps + 1) as f64 * U + half_ulp(tin),
         );
     }
 
@@ -472,4 +488,37 @@ fn axis_window_is_the_full_window_zero_off_its_axes() {
             1e-12,
         );
     }
+}
+
+/// f16 storage (`[device] precision = "f16"`): a coupling net's three convolutions as the
+/// tape stores them (the first reads the f32 field and writes f16, the others f16 both sides)
+/// in Nd = 1..4, every tuning candidate in 2D, and a combinational branch's window. Tolerance:
+/// the f32 one plus 2^-11 relative for the one rounding of an f16 output.
+#[test]
+fn conv_f16_storage() {
+    use Precision::{F16, F32};
+    let stage = |nd, l, axes: Option<Vec<usize>>, cin, cout, act, input_grad| Case {
+        nd,
+        l,
+        k: 3,
+        axes,
+        cin,
+        cout,
+        act,
+        in_mask: cin == 1,
+        input_grad,
+    };
+    let leaky = InputGrad::TimesActGrad(Act::Leaky);
+    for (nd, l) in [(1, 8), (2, 4), (3, 3), (4, 3)] {
+        let candidates = nd == 2;
+        let seed = 700 + 10 * nd as u64;
+        let first = stage(nd, l, None, 1, 8, Act::Leaky, InputGrad::AddMasked);
+        run_typed(&first, seed, 3, candidates, [F32, F16]);
+        let mid = stage(nd, l, None, 8, 8, Act::Leaky, leaky);
+        run_typed(&mid, seed + 1, 3, candidates, [F16, F16]);
+        let last = stage(nd, l, None, 8, 2, Act::Tanh, leaky);
+        run_typed(&last, seed + 2, 3, candidates, [F16, F16]);
+    }
+    let branch = stage(3, 4, Some(vec![1]), 8, 8, Act::Leaky, InputGrad::Write);
+    run_typed(&branch, 750, 3, false, [F16, F16]);
 }

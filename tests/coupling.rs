@@ -3,6 +3,7 @@
 //! Tolerance: one exp and one fma per site (a few ulp), and a V-term sum for log q: 4 V 2^-24.
 
 use crate::common::*;
+use gomaflow_wgpu::gpu::Precision;
 use gomaflow_wgpu::kernels::coupling::{
     Coupling, CouplingBuffers, CouplingGrads, CouplingSpec, reference,
 };
@@ -12,20 +13,33 @@ use gomaflow_wgpu::lattice::Lattice;
 const U: f64 = 1.0 / 16_777_216.0;
 
 fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
+    run_typed(nd, l, parity, final_act, seed, Precision::F32);
+}
+
+/// `run` with the net's output (s, t) and its gradient stored as `st_type`: the reference
+/// reads the stored (s, t); an f16 gradient is further rounded once, by at most 2^-11 of its
+/// value, which its tolerance adds (y and log q stay f32).
+fn run_typed(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64, st_type: Precision) {
     let g = gpu();
+    let half_ulp = if st_type == Precision::F16 {
+        1.0 / 2048.0
+    } else {
+        0.0
+    };
     let lat = Lattice::new(nd, l);
     let v = lat.volume();
     let batch = 5;
-    let label = format!("coupling Nd={nd} L={l} parity={parity} {final_act:?}");
+    let label = format!("coupling Nd={nd} L={l} parity={parity} {final_act:?} {st_type:?}");
     let mut r = rng(seed);
     let x = rounded(&uniform(&mut r, batch * v, -2.0, 2.0));
     // The net's output: post-activation values (in (-1, 1) for tanh).
     let st_pre = uniform(&mut r, 2 * batch * v, -1.5, 1.5);
-    let st = rounded(
+    let st = rounded_as(
         &st_pre
             .iter()
             .map(|&s| final_act.apply(s))
             .collect::<Vec<_>>(),
+        st_type,
     );
     let logq0 = rounded(&uniform(&mut r, batch, -10.0, 10.0));
     let gy = rounded(&uniform(&mut r, batch * v, -1.0, 1.0));
@@ -35,12 +49,12 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
     let lb = LatticeBuffers::new(g, lat, &[]).unwrap();
     let (bx, bst, by, blogq, bgy, bgx, bgst, bglogq) = (
         upload("x", &x),
-        upload("st", &st),
+        upload_as("st", &st, st_type),
         g.storage("y", batch * v).unwrap(),
         upload("logq", &logq0),
         upload("gy", &gy),
         g.storage("gx", batch * v).unwrap(),
-        g.storage("gst", 2 * batch * v).unwrap(),
+        g.activations("gst", 2 * batch * v, st_type).unwrap(),
         upload("glogq", &glogq),
     );
     let c = Coupling::new(
@@ -88,7 +102,7 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
         &format!("{label} backward st"),
         &read(&bgst),
         &gst_ref,
-        8.0 * U,
+        8.0 * U + half_ulp,
     );
 
     // Reference backward vs finite differences of L = r.y + c.(log q0 - log J), as a function
@@ -134,4 +148,16 @@ fn coupling_all_dimensions() {
 fn coupling_large_volume() {
     // More sites than threads per workgroup: the strided loop and the tree both matter.
     run(2, 32, 1, Act::Tanh, 7);
+}
+
+/// f16 storage of (s, t) and its gradient (`[device] precision = "f16"`).
+#[test]
+fn coupling_f16_storage() {
+    for (nd, l) in [(1, 8), (2, 8), (3, 4), (4, 4)] {
+        for parity in [0, 1] {
+            let seed = 200 + 10 * nd as u64 + parity as u64;
+            run_typed(nd, l, parity, Act::Tanh, seed, Precision::F16);
+        }
+    }
+    run_typed(2, 32, 1, Act::None, 250, Precision::F16);
 }

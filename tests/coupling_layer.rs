@@ -12,6 +12,7 @@
 use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::flow::{Combi, CombiAct, CouplingKind, FlowSpec, reference};
+use gomaflow_wgpu::gpu::Precision;
 use gomaflow_wgpu::kernels::LatticeBuffers;
 use gomaflow_wgpu::kernels::coupling_layer::{
     CouplingLayer, CouplingLayerBuffers, CouplingLayerGrads, CouplingLayerSpec, activation_offsets,
@@ -79,7 +80,7 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
     let channels = f.channels();
     // The net's batch: twice the coupling's where it is symmetrised.
     let nb = batch * f.nets[0].coupling.net_batch_factor();
-    let (offsets, h_len) = activation_offsets(nb, v, &channels);
+    let (offsets, h_len) = activation_offsets(nb, v, &channels, Precision::F32);
     // Backward: dL/dphi (the output of layer 1) and dL/dlog q given; dL/dx of each layer's
     // input, the weight-gradient scratch and the gradient computed.
     let gy2 = rounded(&uniform(&mut r, batch * v, -1.0, 1.0));
@@ -97,6 +98,7 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
         net: f.nets[l].clone(),
         train,
         gpu_tiling,
+        precision: Precision::F32,
     };
     let partial = g.storage("partial", spec_of(0).partial_len(g)).unwrap();
     // Every stage's output, then (a combinational layer averaging after the activation)
@@ -314,6 +316,7 @@ fn unequal_hidden_widths_are_not_fused() {
         net: f.nets[0].clone(),
         train: false,
         gpu_tiling: false,
+        precision: Precision::F32,
     };
     let why = spec.unfusable(gpu()).expect("[4, 3] must not fuse");
     assert!(why.contains("[1, HID, ..., HID, 2]"), "{why}");
@@ -338,6 +341,23 @@ fn unequal_hidden_widths_are_not_fused() {
         .backward_unfusable(gpu())
         .expect("L 14 backward must not fuse");
     assert!(why.contains("weight gradients"), "{why}");
+    // f16 activations halve the forward's workgroup memory: with [8, 8] its largest even
+    // lattice goes from L 14 to L 22 (the backward's f32 gradients are unchanged).
+    for (l, precision, fits) in [
+        (14, Precision::F32, true),
+        (16, Precision::F32, false),
+        (22, Precision::F16, true),
+        (24, Precision::F16, false),
+    ] {
+        let f = flow(2, l, vec![8, 8], 3, true);
+        let spec = CouplingLayerSpec {
+            volume: l * l,
+            net: f.nets[0].clone(),
+            precision,
+            ..spec.clone()
+        };
+        assert_eq!(spec.unfusable(gpu()).is_none(), fits, "L {l} {precision:?}");
+    }
 }
 
 /// Inference and training tapes, fused and not, draw the same phi and log q (the fused layer
@@ -352,10 +372,33 @@ fn fused_and_unfused_tapes_agree() {
     tapes_agree(&combi(CombiAct::Last).with_coupling(CouplingKind::AffineZ2));
 }
 
+/// The same under `[device] precision = "f16"`: whole layers keep their activations as f16
+/// (in workgroup memory and for the backward) and round (s, t) where the per-kernel path
+/// stores them, so phi agrees bit for bit there too; the whole-layer backward keeps its
+/// gradients in f32 where the per-kernel one stores f16, so the two training steps' gradients
+/// agree within the f16 rounding (measured: 6e-5 of the largest; tolerance 1e-3).
+#[test]
+fn fused_and_unfused_tapes_agree_in_f16() {
+    let plain = flow_layers(2, 8, 4, vec![8, 8], 3, true);
+    tapes_agree_in(&plain, Precision::F16);
+    tapes_agree_in(&plain.with_coupling(CouplingKind::AffineZ2), Precision::F16);
+    let combi = |act| flow_layers(2, 8, 4, vec![8, 8], 3, true).with_combi(Combi { r: 1, act });
+    tapes_agree_in(&combi(CombiAct::Branch), Precision::F16);
+    tapes_agree_in(
+        &combi(CombiAct::Last).with_coupling(CouplingKind::AffineZ2),
+        Precision::F16,
+    );
+}
+
 fn tapes_agree(f: &FlowSpec) {
+    tapes_agree_in(f, Precision::F32);
+}
+
+fn tapes_agree_in(f: &FlowSpec, precision: Precision) {
     let g = gpu();
     let params = g.upload_params(&f.init_params(11)).unwrap();
     let mut out = vec![];
+    let mut grads = vec![];
     for mode in [Mode::Infer, Mode::Train] {
         for fusion in [Fusion::On, Fusion::Off] {
             let spec = TapeSpec {
@@ -373,6 +416,7 @@ fn tapes_agree(f: &FlowSpec) {
                 lr: 0.0,
                 adam_betas: [0.9, 0.999],
                 fusion,
+                precision,
             };
             let counter = g.upload("counter", &[0u32; 4]).unwrap();
             let tape = Tape::new(g, spec, &params, &counter).unwrap();
@@ -383,8 +427,11 @@ fn tapes_agree(f: &FlowSpec) {
                 .count();
             assert_eq!(n_fused, if fusion == Fusion::On { 4 } else { 0 });
             tape.submit_step(g);
+            if let Some(gr) = &tape.grads {
+                grads.push(read(gr));
+            }
             out.push((
-                format!("z2 {} {mode:?} {fusion:?}", f.z2()),
+                format!("z2 {} {mode:?} {fusion:?} {precision:?}", f.z2()),
                 read(tape.phi()),
                 read(&tape.logq),
                 read(&tape.metrics)[0],
@@ -402,4 +449,21 @@ fn tapes_agree(f: &FlowSpec) {
             1e-6,
         );
     }
+    // The training step's gradients, whole layers against per kernel.
+    let scale = grads[1].iter().fold(1e-6f64, |a, b| a.max(b.abs()));
+    let rel = |g: &[f64]| g.iter().map(|x| x / scale).collect::<Vec<_>>();
+    let tol = if precision == Precision::F16 {
+        1e-3
+    } else {
+        1e-5
+    };
+    check(
+        &format!(
+            "tape z2 {} {precision:?} gradient, whole layers vs per kernel",
+            f.z2()
+        ),
+        &rel(&grads[0]),
+        &rel(&grads[1]),
+        tol,
+    );
 }

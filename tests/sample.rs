@@ -36,6 +36,7 @@ fn chain(
         save_npy: npy,
         npy_dtype: FloatType::F32,
         shard: None,
+        precision: None,
     };
     let r = sample::run(gpu(), run, &opts, |_| {}).unwrap();
     let lat = Lattice::new(r.cfg.physical.nd, r.cfg.physical.l);
@@ -168,6 +169,7 @@ fn saved_chain_in_half_precision() {
             save_npy: Some(p.clone()),
             npy_dtype: ty,
             shard: None,
+            precision: None,
         };
         sample::run(gpu(), &run, &opts, |_| {}).unwrap();
         let bytes = std::fs::read(&p).unwrap();

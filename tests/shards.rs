@@ -76,6 +76,7 @@ fn chain(run: &Path, samples: usize, seed: u64, shard: Option<ShardId>) -> sampl
         save_npy: None,
         npy_dtype: Default::default(),
         shard,
+        precision: None,
     };
     sample::run(gpu(), run, &opts, |_| {}).unwrap()
 }

@@ -9,7 +9,7 @@
 use crate::common::*;
 use gomaflow_wgpu::config::PriorKind;
 use gomaflow_wgpu::flow::FlowSpec;
-use gomaflow_wgpu::gpu::{AdapterChoice, Gpu};
+use gomaflow_wgpu::gpu::{AdapterChoice, Gpu, Precision};
 use gomaflow_wgpu::kernels::tiling::ConvTiling;
 use gomaflow_wgpu::lattice::Lattice;
 use gomaflow_wgpu::rng::stream;
@@ -46,6 +46,7 @@ fn small_spec() -> TapeSpec {
         lr: 1e-3,
         adam_betas: [0.9, 0.999],
         fusion: Fusion::Off,
+        precision: Precision::F32,
     }
 }
 

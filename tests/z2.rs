@@ -4,16 +4,24 @@
 //! by 1/2 (exact) per output, so a few ulp.
 
 use crate::common::*;
+use gomaflow_wgpu::gpu::Precision;
 use gomaflow_wgpu::kernels::z2::{Combine, Mirror, Z2Spec, reference};
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 
 fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
+    run_typed(nd, l, parity, final_act, seed, Precision::F32);
+}
+
+/// `run` with the net's outputs u and their gradient gu stored as `u_type` (the field, (s, t)
+/// and its gradient stay f32): the reference reads the stored u; an f16 gu is further rounded
+/// once, by at most 2^-11 of its value, which its tolerance adds.
+fn run_typed(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64, u_type: Precision) {
     let g = gpu();
     let lat = Lattice::new(nd, l);
     let v = lat.volume();
     let batch = 3;
-    let label = format!("z2 Nd={nd} L={l} parity={parity} {final_act:?}");
+    let label = format!("z2 Nd={nd} L={l} parity={parity} {final_act:?} {u_type:?}");
     let mut r = rng(seed);
     let x = rounded(&uniform(&mut r, batch * v, -2.0, 2.0));
     // The net's output after its activation (in (-1, 1) for tanh).
@@ -21,7 +29,7 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
         .iter()
         .map(|&a| final_act.apply(a))
         .collect();
-    let u = rounded(&u);
+    let u = rounded_as(&u, u_type);
     let gst = rounded(&uniform(&mut r, 2 * batch * v, -1.0, 1.0));
     let gxx = rounded(&uniform(&mut r, 2 * batch * v, -1.0, 1.0));
     let gx0 = rounded(&uniform(&mut r, batch * v, -1.0, 1.0));
@@ -41,10 +49,10 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
         upload("gx", &gx0),
     );
     let (bu, bst, bgst, bgu) = (
-        upload("u", &u),
+        upload_as("u", &u, u_type),
         g.storage("st", 2 * batch * v).unwrap(),
         upload("gst", &gst),
-        g.storage("gu", 4 * batch * v).unwrap(),
+        g.activations("gu", 4 * batch * v, u_type).unwrap(),
     );
     let m = Mirror::new(g, spec, &lb, &bx, &bxx, Some((&bgxx, &bgx))).unwrap();
     let c = Combine::new(g, spec, &bu, &bst, Some((&bgst, &bgu))).unwrap();
@@ -84,7 +92,11 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
         &format!("{label} combine_backward"),
         &read(&bgu),
         &reference::combine_backward(&u, &gst, v, final_act),
-        tol,
+        tol + if u_type == Precision::F16 {
+            1.0 / 2048.0
+        } else {
+            0.0
+        },
     );
 
     // The reference backwards are the derivatives of the reference forwards: the gradient of
@@ -131,4 +143,13 @@ fn z2_kernels() {
     run(2, 4, 0, Act::None, 3);
     run(3, 4, 1, Act::Tanh, 4);
     run(4, 2, 0, Act::None, 5);
+}
+
+/// f16 storage of the net's outputs and their gradient (`[device] precision = "f16"`).
+#[test]
+fn z2_kernels_f16_storage() {
+    run_typed(1, 8, 0, Act::Tanh, 11, Precision::F16);
+    run_typed(2, 6, 1, Act::Tanh, 12, Precision::F16);
+    run_typed(3, 4, 1, Act::None, 14, Precision::F16);
+    run_typed(4, 2, 0, Act::Tanh, 15, Precision::F16);
 }

@@ -3,7 +3,7 @@
 use super::CommonArgs;
 use crate::bench::{self, BenchOptions};
 use crate::config::Config;
-use crate::gpu::{AdapterChoice, Gpu};
+use crate::gpu::{AdapterChoice, Gpu, Precision};
 use crate::tape::Fusion;
 use crate::tune::TuneMode;
 use anyhow::Result;
@@ -31,6 +31,11 @@ pub struct BenchArgs {
     /// auto (measured on this adapter once, then read from the cache), full (measure again).
     #[arg(long, value_enum, default_value_t = TuneMode::Off)]
     pub tune: TuneMode,
+    /// Storage of the nets' activations and their gradients [default: the config's [device]
+    /// precision, else f32]: f16 halves their memory where the adapter has SHADER_F16 (every
+    /// sum, log q, the action, the weights and Adam stay f32).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 /// `--fusion`: the command line's spelling of `tape::Fusion` (so that the tape needs no clap);
@@ -72,6 +77,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.common.adapter.as_deref(),
         cfg.device_id,
     ))?;
+    super::set_precision(&mut cfg, args.precision, &gpu);
     let opts = BenchOptions {
         steps: args.steps as usize,
         fusion: args.fusion.into(),

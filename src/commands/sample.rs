@@ -3,7 +3,7 @@
 
 use super::CommonArgs;
 use crate::files::FloatType;
-use crate::gpu::{AdapterChoice, Gpu};
+use crate::gpu::{AdapterChoice, Gpu, Precision};
 use crate::lattice::Lattice;
 use crate::observables::Summary;
 use crate::plots::{self, Panel};
@@ -95,6 +95,12 @@ pub struct SampleArgs {
     /// RUN_DIR/shards/ for `merge`; e.g. `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<ShardId>,
+    /// Storage of the nets' activations and their gradients [default: the run's [device]
+    /// precision, else f32]: f16 halves their memory where the adapter has SHADER_F16 (every
+    /// sum, log q, the action, the weights and Adam stay f32).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -174,12 +180,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
         save_npy: args.save_npy,
         npy_dtype: args.npy_dtype,
         shard: args.shard,
+        precision: args.precision,
     };
-    let (cfg, _) = sample::open_run(&dir, opts.latest)?;
+    let (mut cfg, _) = sample::open_run(&dir, opts.latest)?;
     let gpu = Gpu::new(&AdapterChoice::new(
         args.common.adapter.as_deref(),
         cfg.device_id,
     ))?;
+    super::set_precision(&mut cfg, opts.precision, &gpu);
     // The sampling tape's tilings (the chain's numbers do not depend on them beyond rounding).
     let sampling = TapeSpec {
         batch: opts.batch.min(opts.samples),

@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::flow::FlowSpec;
-use crate::gpu::{AdapterChoice, Gpu};
+use crate::gpu::{AdapterChoice, Gpu, Precision};
 use crate::proposals::Proposer;
 use crate::rng::stream;
 use crate::tape::{Tape, TapeSpec};
@@ -37,6 +37,11 @@ pub struct TrainArgs {
     /// A resumed run uses the tilings it recorded.
     #[arg(long, value_enum, default_value_t = TuneMode::Off)]
     pub tune: TuneMode,
+    /// Storage of the nets' activations and their gradients [default: the config's [device]
+    /// precision, else f32]: f16 halves their memory where the adapter has SHADER_F16 (every
+    /// sum, log q, the action, the weights and Adam stay f32).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 /// `runs/<config file stem>`.
@@ -119,6 +124,12 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
             Some(e) => e.describe(),
         }
     );
+    println!(
+        "precision   activations and their gradients {} ({} of the training tape's); sums, \
+         log q, the action, weights and Adam f32",
+        cfg.precision.name(),
+        mib(tape.activation_bytes)
+    );
     println!("buffers     training tape {}:", mib(tape.memory_bytes()));
     // Per-layer buffers grouped: "h[*][0] x16" (the first index is the layer).
     let mut groups: Vec<(String, usize, u64)> = Vec::new();
@@ -162,8 +173,9 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
 
 /// Returns the process exit code.
 pub fn run(args: TrainArgs) -> Result<u8> {
-    let cfg = Config::load(&args.config)?;
+    let mut cfg = Config::load(&args.config)?;
     let gpu = Gpu::new(&AdapterChoice::new(args.adapter.as_deref(), cfg.device_id))?;
+    super::set_precision(&mut cfg, args.precision, &gpu);
     let out = args
         .out
         .clone()

@@ -6,6 +6,47 @@ use anyhow::{Result, anyhow, bail};
 
 pub use wgpu::BufferUsages as Usage;
 
+/// The storage type of a buffer of activations: f32, or f16 where the adapter has SHADER_F16
+/// (`[device] precision`). Sums, weights and everything else stay f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// IEEE half precision: 11-bit significand, range 6e-8 (subnormal) to 65504.
+    F16,
+}
+
+impl Precision {
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    /// The config and command-line spelling, which is also the WGSL type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!(
+                "{s:?} is not a precision; accepted: \"f32\", \"f16\""
+            )),
+        }
+    }
+}
+
 /// A storage buffer with the label that error messages use to name it.
 #[derive(Clone, Debug)]
 pub struct GpuBuffer {
@@ -16,6 +57,9 @@ pub struct GpuBuffer {
     pub usage: Usage,
     /// A byte range (offset, size) to bind instead of the whole buffer (see `range`).
     pub range: Option<(u64, u64)>,
+    /// The type of its elements where it holds activations (f16 ones are 2 bytes); 4-byte
+    /// words otherwise.
+    pub precision: Precision,
 }
 
 impl GpuBuffer {
@@ -58,9 +102,9 @@ impl GpuBuffer {
         Ok(())
     }
 
-    /// Number of 4-byte elements.
+    /// Number of elements (4-byte words, or f16 values).
     pub fn len(&self) -> usize {
-        (self.size / 4) as usize
+        (self.size / self.precision.bytes()) as usize
     }
     pub fn is_empty(&self) -> bool {
         self.size == 0
@@ -105,7 +149,17 @@ impl Gpu {
             size,
             usage,
             range: None,
+            precision: Precision::F32,
         })
+    }
+
+    /// A zero-filled buffer of `len` activations stored as `precision` (f16: two per 4-byte
+    /// word, the size rounded up to whole words).
+    pub fn activations(&self, label: &str, len: usize, precision: Precision) -> Result<GpuBuffer> {
+        let words = (len as u64 * precision.bytes()).div_ceil(4) as usize;
+        let mut b = self.storage(label, words)?;
+        b.precision = precision;
+        Ok(b)
     }
 
     /// A storage buffer holding `data`.

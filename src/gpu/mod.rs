@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use buffers::{GpuBuffer, Usage};
+pub use buffers::{GpuBuffer, Precision, Usage};
 pub use shaders::{Bind, Binding, KernelSpec, Shader};
 
 /// What the user asked for when choosing an adapter.
@@ -210,6 +210,8 @@ pub struct Gpu {
     /// The first uncaptured wgpu error (validation, out of memory, device lost), reported by
     /// `check` as an error instead of wgpu's default panic.
     error: Arc<Mutex<Option<String>>>,
+    /// `precision` warned that f16 is missing (once per device).
+    warned_f16: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -226,9 +228,12 @@ impl Gpu {
             max_buffer_size: alimits.max_buffer_size,
             ..base
         };
-        // Timestamps only serve `bench`; request them where the adapter has them.
+        // Timestamps only serve `bench`, f16 only `[device] precision = "f16"`; request them
+        // where the adapter has them.
         let features = adapter.features()
-            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+            & (wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+                | wgpu::Features::SHADER_F16);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gomaflow"),
             required_features: features,
@@ -270,6 +275,7 @@ impl Gpu {
             size: 16,
             usage,
             range: None,
+            precision: Precision::F32,
         };
         let dummy_uniform = placeholder("unused uniform", Usage::UNIFORM | Usage::COPY_DST);
         let dummy_storage = placeholder("unused storage", Usage::STORAGE);
@@ -287,6 +293,7 @@ impl Gpu {
             dummy_storage,
             dummy_storage_rw,
             error,
+            warned_f16: Default::default(),
         })
     }
 
@@ -301,6 +308,29 @@ impl Gpu {
 
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether the device was opened with SHADER_F16 (f16 in shaders and storage buffers).
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// The precision activations get when `wanted` is asked for: f16 only where the device has
+    /// SHADER_F16 (f16 arithmetic and 16-bit storage), otherwise f32 with a one-line warning.
+    pub fn precision(&self, wanted: Precision) -> Precision {
+        if wanted == Precision::F16 && !self.has_f16() {
+            if !self
+                .warned_f16
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                eprintln!(
+                    "warning: adapter {:?} has no SHADER_F16; activations stay f32",
+                    self.info.name
+                );
+            }
+            return Precision::F32;
+        }
+        wanted
     }
 
     /// The tiling chosen for the convolution `key` (`ConvSpec::tune_key`), if one was.
@@ -527,6 +557,21 @@ impl Gpu {
                             "buffer {} cannot be bound as {need:?} ({})",
                             buf.label,
                             b.name
+                        );
+                    }
+                    // An activation buffer's type is the shader's (placeholders are never read).
+                    let half = buf.precision == Precision::F16;
+                    if half != b.half && !buf.label.starts_with("unused") {
+                        bail!(
+                            "kernel {key}: buffer {} holds {} values but {} is declared {}",
+                            buf.label,
+                            buf.precision.name(),
+                            b.name,
+                            if b.half {
+                                "array<f16>"
+                            } else {
+                                "an array of 4-byte words"
+                            }
                         );
                     }
                     buf.binding()

@@ -54,13 +54,28 @@ shaders! {
 impl Shader {
     /// The compilable source with `consts` substituted: each `(NAME, value)` replaces the line
     /// `const NAME: u32 = ...;` of the file. Naming a constant the file lacks is an error.
-    pub fn source(self, consts: &[(&str, u32)]) -> Result<String> {
+    ///
+    /// Likewise each name of `halves` turns the file's line `alias NAME = f32;` (a storage
+    /// type of activations) into `alias NAME = f16;`, and the source then starts with
+    /// `enable f16;`.
+    pub fn source(self, consts: &[(&str, u32)], halves: &[&str]) -> Result<String> {
         let mut out = String::with_capacity(COMMON.len() + self.file().len() + 64);
+        if !halves.is_empty() {
+            out.push_str("enable f16;\n");
+        }
         out.push_str(COMMON);
         out.push('\n');
         let mut found = vec![false; consts.len()];
+        let mut found_alias = vec![false; halves.len()];
         for line in self.file().lines() {
             let mut replaced = false;
+            if let Some(rest) = line.strip_prefix("alias ") {
+                if let Some(i) = (halves.iter()).position(|h| rest == format!("{h} = f32;")) {
+                    out.push_str(&format!("alias {} = f16;", halves[i]));
+                    found_alias[i] = true;
+                    replaced = true;
+                }
+            }
             if let Some(rest) = line.strip_prefix("const ") {
                 for (i, (name, value)) in consts.iter().enumerate() {
                     if rest
@@ -86,6 +101,13 @@ impl Shader {
                 consts[i].0
             );
         }
+        if let Some(i) = found_alias.iter().position(|f| !f) {
+            bail!(
+                "shader {}.wgsl has no storage type `alias {} = f32;` to make f16",
+                self.name(),
+                halves[i]
+            );
+        }
         Ok(out)
     }
 }
@@ -107,6 +129,8 @@ pub struct Binding {
     pub name: String,
     pub binding: u32,
     pub kind: Bind,
+    /// An array of f16 (the buffer bound to it must hold f16 values).
+    pub half: bool,
 }
 
 /// One kernel: a family, an entry point and its constants. Its bindings are not declared here:
@@ -116,6 +140,8 @@ pub struct KernelSpec {
     pub shader: Shader,
     pub entry: &'static str,
     pub consts: Vec<(&'static str, u32)>,
+    /// Storage-type aliases made f16 (see `Shader::source`).
+    pub halves: Vec<&'static str>,
 }
 
 impl KernelSpec {
@@ -124,6 +150,7 @@ impl KernelSpec {
             shader,
             entry,
             consts: Vec::new(),
+            halves: Vec::new(),
         }
     }
 
@@ -139,12 +166,20 @@ impl KernelSpec {
         self
     }
 
-    /// The cache key and label, e.g. `conv.forward[CIN=1,COUT=8,TAPS=9]`.
+    /// Store the activations of storage type `alias` as `precision` (builder style).
+    pub fn with_type(mut self, alias: &'static str, precision: super::Precision) -> Self {
+        if precision == super::Precision::F16 {
+            self.halves.push(alias);
+        }
+        self
+    }
+
+    /// The cache key and label, e.g. `conv.forward[CIN=1,COUT=8,TAPS=9]` (and `XS=f16` for
+    /// each f16 storage type).
     pub fn key(&self) -> String {
-        let consts: Vec<String> = self
-            .consts
-            .iter()
+        let consts: Vec<String> = (self.consts.iter())
             .map(|(n, v)| format!("{n}={v}"))
+            .chain(self.halves.iter().map(|h| format!("{h}=f16")))
             .collect();
         format!(
             "{}.{}[{}]",
@@ -155,18 +190,19 @@ impl KernelSpec {
     }
 
     pub fn source(&self) -> Result<String> {
-        self.shader.source(&self.consts)
+        self.shader.source(&self.consts, &self.halves)
     }
 }
 
 /// Parse and validate WGSL with naga (the compiler wgpu itself uses), returning the module and
-/// its analysis. Errors carry naga's annotated message.
+/// its analysis. Errors carry naga's annotated message. f16 is allowed (only specialisations
+/// with f16 storage, built where the adapter has SHADER_F16, declare it).
 pub fn validate(source: &str, name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let module = naga::front::wgsl::parse_str(source)
         .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
+        naga::valid::Capabilities::SHADER_FLOAT16,
     )
     .validate(&module)
     .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
@@ -220,11 +256,22 @@ pub fn bindings(
             _ => bail!("variable {name}: only uniform and storage buffers are supported"),
         };
         all.push(name.clone());
+        let half = match module.types[g.ty].inner {
+            naga::TypeInner::Array { base, .. } => matches!(
+                module.types[base].inner,
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Float,
+                    width: 2
+                })
+            ),
+            _ => false,
+        };
         if !uses[h].is_empty() {
             used.push(Binding {
                 name: name.clone(),
                 binding: rb.binding,
                 kind,
+                half,
             });
         }
     }

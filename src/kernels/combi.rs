@@ -62,8 +62,8 @@ impl CombiSpec {
     pub fn span(&self) -> usize {
         (self.branches - 1) * self.stride() + self.n()
     }
-    /// 4-byte words the forward keeps for the backward: the branches' outputs [branches,
-    /// stride], or their signs [samples, sign_words, volume] (`keeps_signs`).
+    /// What the forward keeps for the backward: the branches' outputs [branches, stride]
+    /// (activations), or their signs [samples, sign_words, volume] (u32 words; `keeps_signs`).
     pub fn kept_len(&self) -> usize {
         if keeps_signs(self.mode, self.act) {
             self.rows / self.cout * sign_words(self.branches, self.cout) * self.volume
@@ -113,7 +113,8 @@ impl Mean {
             .with("WG", WG)
             .with("BR", nb as u32)
             .with("ACT", spec.act.code())
-            .with("AFTER", (spec.mode == CombiAct::Branch) as u32);
+            .with("AFTER", (spec.mode == CombiAct::Branch) as u32)
+            .with_type("HS", y.precision);
         let p = Params {
             volume: spec.volume as u32,
             stride: spec.stride() as u32,

@@ -324,6 +324,10 @@ impl Conv {
                 .with("ACT", spec.act.code())
                 .with("SIGNS", signs as u32)
                 .with("WORDS", sign_words(br, d.cout) as u32)
+                // Activations are stored as their buffers hold them: f32, or f16 under
+                // `[device] precision = "f16"` (the dispatch checks every binding's type).
+                .with_type("XS", b.x.precision)
+                .with_type("YS", b.y.precision)
         };
         let uniform = Params {
             batch: d.batch as u32,

@@ -55,6 +55,8 @@ impl Coupling {
             KernelSpec::new(Shader::Coupling, entry)
                 .with("WG", wg)
                 .with("ACT", spec.final_act.code())
+                // (s, t) and its gradient are stored as the net stored them.
+                .with_type("HS", b.st.precision)
         };
         let u = MaskedParams::new(spec.batch, spec.volume, spec.parity);
         let u = Some(bytemuck::bytes_of(&u));

@@ -25,19 +25,25 @@
 use super::LatticeBuffers;
 use super::tiling::LayerTiling;
 use crate::flow::{CombiAct, CouplingKind, CouplingNet, PARAM_ALIGN};
-use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Precision, Shader};
 use anyhow::{Result, bail};
 
-/// Where each convolution of a layer writes its output in the layer's activation buffer:
-/// segment j holds [batch, channels[j + 1], volume], each segment starting at a multiple of
-/// 64 floats (256 bytes, where a storage binding may start). Returns the offsets (floats) and
-/// the buffer's length.
-pub fn activation_offsets(batch: usize, volume: usize, channels: &[usize]) -> (Vec<usize>, usize) {
+/// Where each convolution of a layer writes its output in the layer's activation buffer of
+/// `precision`: segment j holds [batch, channels[j + 1], volume], each segment starting at a
+/// multiple of 256 bytes (where a storage binding may start: 64 f32 or 128 f16 values).
+/// Returns the offsets and the buffer's length, in values.
+pub fn activation_offsets(
+    batch: usize,
+    volume: usize,
+    channels: &[usize],
+    precision: Precision,
+) -> (Vec<usize>, usize) {
+    let align = PARAM_ALIGN * 4 / precision.bytes() as usize;
     let mut offsets = Vec::with_capacity(channels.len().saturating_sub(1));
     let mut end = 0;
     for &c in &channels[1..] {
         offsets.push(end);
-        end += (batch * c * volume).div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+        end += (batch * c * volume).div_ceil(align) * align;
     }
     (offsets, end)
 }
@@ -53,6 +59,8 @@ pub struct CouplingLayerSpec {
     pub train: bool,
     /// Tile as on a GPU even on a CPU adapter (the tests check that tiling on lavapipe).
     pub gpu_tiling: bool,
+    /// The storage of the activations (workgroup memory and `h`); gradients stay f32.
+    pub precision: Precision,
 }
 
 impl CouplingLayerSpec {
@@ -99,7 +107,12 @@ impl CouplingLayerSpec {
     /// Floats of the training activation buffer: every stage's output (`activation_offsets`),
     /// then every branch's (`branch_len`).
     pub fn h_len(&self) -> usize {
-        let (_, len) = activation_offsets(self.net_batch(), self.volume, &self.net.channels());
+        let (_, len) = activation_offsets(
+            self.net_batch(),
+            self.volume,
+            &self.net.channels(),
+            self.precision,
+        );
         len + self.branch_len()
     }
 
@@ -191,10 +204,8 @@ impl CouplingLayerSpec {
             );
         };
         let lim = &gpu.limits;
-        let wg_bytes = 4
-            * (self.activation_floats(hid, nhid)
-                + self.branch_floats()
-                + self.tiling(gpu).workgroup);
+        let wg_bytes = self.precision.bytes() as usize * self.activation_floats(hid, nhid)
+            + 4 * (self.branch_floats() + self.tiling(gpu).workgroup);
         if wg_bytes > lim.max_compute_workgroup_storage_size as usize {
             return Some(format!(
                 "one sample's activations need {wg_bytes} bytes of workgroup memory, over the adapter's {}",
@@ -282,7 +293,7 @@ impl CouplingLayer {
             bail!("coupling layer {spec:?} does not match the lattice tables");
         }
         let channels = spec.net.channels();
-        let (h_off, h_len) = activation_offsets(spec.net_batch(), v, &channels);
+        let (h_off, h_len) = activation_offsets(spec.net_batch(), v, &channels, spec.precision);
         b.x.need(bt * v)?;
         b.y.need(bt * v)?;
         b.logq.need(bt)?;
@@ -331,7 +342,8 @@ impl CouplingLayer {
             .with("WSO", wstride(nhid))
             .with("AFTER", (spec.net.combi_act == CombiAct::Branch) as u32)
             .with("KEEP", spec.keeps_branches() as u32)
-            .with("GB", spec.branch_grad_floats(hid) as u32);
+            .with("GB", spec.branch_grad_floats(hid) as u32)
+            .with_type("HS", spec.precision);
         let forward_kernel = kernel.clone();
         let forward_buffers = [
             ("nbr", nbr),
@@ -362,9 +374,10 @@ impl CouplingLayer {
         // Channels of the stages' outputs, which training writes to h.
         let h_outs: usize = channels[1..].iter().sum();
         let flops = nbv * (2.0 * macs as f64 + outs as f64) + 3.0 * bv;
+        let hb = spec.precision.bytes() as f64;
         let bytes = 4.0 * (2.0 * bv + spec.param_span() as f64)
             + if spec.train {
-                4.0 * (nbv * h_outs as f64 + spec.branch_len() as f64)
+                hb * (nbv * h_outs as f64 + spec.branch_len() as f64)
             } else {
                 0.0
             };
@@ -407,7 +420,8 @@ impl CouplingLayer {
                 )?
                 .with_work(
                     nbv * (4.0 * macs as f64 + outs as f64) + 8.0 * bv,
-                    4.0 * (3.0 * bv + nbv * h_outs as f64 + spec.branch_len() as f64)
+                    4.0 * 3.0 * bv
+                        + hb * (nbv * h_outs as f64 + spec.branch_len() as f64)
                         + partial_bytes,
                 ),
             );

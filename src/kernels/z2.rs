@@ -4,7 +4,7 @@
 //! is odd, f(-z) = -f(z), so the flow's density is symmetric, q(-phi) = q(phi).
 
 use super::{Act, LatticeBuffers, MaskedParams};
-use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Precision, Shader, groups_for};
 use anyhow::Result;
 
 const WG: u32 = 64;
@@ -34,10 +34,12 @@ pub struct Combine {
     pub backward: Option<Dispatch>,
 }
 
-fn kernel(spec: &Z2Spec, entry: &'static str) -> KernelSpec {
+/// `u`: the precision of the net's outputs (and their gradient).
+fn kernel(spec: &Z2Spec, entry: &'static str, u: Precision) -> KernelSpec {
     KernelSpec::new(Shader::Z2, entry)
         .with("WG", WG)
         .with("ACT", spec.final_act.code())
+        .with_type("HS", u)
 }
 
 fn uniform(spec: &Z2Spec) -> MaskedParams {
@@ -65,7 +67,7 @@ impl Mirror {
         let u = Some(bytemuck::bytes_of(&u));
         let forward = gpu
             .dispatch(
-                &kernel(&spec, "mirror"),
+                &kernel(&spec, "mirror", Precision::F32),
                 u,
                 &[("x", x), ("xx", xx)],
                 groups(&spec),
@@ -78,7 +80,7 @@ impl Mirror {
                 gx.need(n)?;
                 Some(
                     gpu.dispatch(
-                        &kernel(&spec, "mirror_backward"),
+                        &kernel(&spec, "mirror_backward", Precision::F32),
                         u,
                         &[("parity_tbl", &lattice.parity), ("gxx", gxx), ("gx", gx)],
                         groups(&spec),
@@ -107,7 +109,7 @@ impl Combine {
         let p = Some(bytemuck::bytes_of(&p));
         let forward = gpu
             .dispatch(
-                &kernel(&spec, "combine"),
+                &kernel(&spec, "combine", u.precision),
                 p,
                 &[("u", u), ("st", st)],
                 groups(&spec),
@@ -120,7 +122,7 @@ impl Combine {
                 gu.need(4 * n)?;
                 Some(
                     gpu.dispatch(
-                        &kernel(&spec, "combine_backward"),
+                        &kernel(&spec, "combine_backward", u.precision),
                         p,
                         &[("u", u), ("gst", gst), ("gu", gu)],
                         groups(&spec),

@@ -2,7 +2,7 @@
 //! that prints the largest error it saw (run with `--nocapture` to see every line).
 
 use gomaflow_wgpu::config::Config;
-use gomaflow_wgpu::gpu::{AdapterChoice, Gpu, GpuBuffer};
+use gomaflow_wgpu::gpu::{AdapterChoice, Gpu, GpuBuffer, Precision};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::path::PathBuf;
@@ -40,13 +40,48 @@ pub fn upload(label: &str, x: &[f64]) -> GpuBuffer {
     gpu().upload(label, &f32s(x)).unwrap()
 }
 
+/// The values as stored in `precision` (f16: rounded to nearest), as f64.
+pub fn rounded_as(x: &[f64], precision: Precision) -> Vec<f64> {
+    match precision {
+        Precision::F32 => rounded(x),
+        Precision::F16 => x.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect(),
+    }
+}
+
+/// A buffer of activations holding `x` stored as `precision`.
+pub fn upload_as(label: &str, x: &[f64], precision: Precision) -> GpuBuffer {
+    let g = gpu();
+    let b = g.activations(label, x.len(), precision).unwrap();
+    match precision {
+        Precision::F32 => g.write(&b, &f32s(x)),
+        Precision::F16 => {
+            let mut bits: Vec<u16> = x
+                .iter()
+                .map(|&v| half::f16::from_f64(v).to_bits())
+                .collect();
+            bits.resize(b.size as usize / 2, 0);
+            g.write(&b, &bits)
+        }
+    }
+    b
+}
+
+/// A buffer's values (f32, or f16 for an f16 activation buffer) as f64.
 pub fn read(b: &GpuBuffer) -> Vec<f64> {
-    gpu()
-        .read::<f32>(b)
-        .unwrap()
-        .iter()
-        .map(|&v| v as f64)
-        .collect()
+    match b.precision {
+        Precision::F32 => gpu()
+            .read::<f32>(b)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+        Precision::F16 => gpu()
+            .read::<u16>(b)
+            .unwrap()
+            .iter()
+            .map(|&v| half::f16::from_bits(v).to_f64())
+            .collect(),
+    }
 }
 
 /// Largest |got - want| / (1 + |want|) over the first `want.len()` elements: an absolute
