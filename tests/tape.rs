@@ -565,10 +565,11 @@ fn z2_flow_is_odd() {
 /// f16 storage of the nets' activations and gradients (`[device] precision = "f16"`): a
 /// training step's loss, every parameter's gradient and the flow's phi and log q against the
 /// f64 reference (which stores nothing in f16), for a plain, a symmetrised and two
-/// combinational flows. Each stored activation and gradient is rounded by at most 2^-11
-/// relative (4.9e-4). Measured here (lavapipe): phi within 1.2e-4, log q 3.5e-6 and the loss
-/// 8.7e-6 relative, the gradient 2.0e-3 of its largest entry (the symmetrised flow, whose two
-/// net halves cancel); the tolerances are 1e-3, 1e-4, 1e-4 and 1e-2.
+/// combinational flows, one launch per kernel and as whole layers. Each stored activation and
+/// gradient is rounded by at most 2^-11 relative (4.9e-4). Measured here (lavapipe, per
+/// kernel): phi within 1.2e-4, log q 3.5e-6 and the loss 8.7e-6 relative, the gradient 2.0e-3
+/// of its largest entry (the symmetrised flow, whose two net halves cancel); the tolerances
+/// are 1e-3, 1e-4, 1e-4 and 1e-2.
 #[test]
 fn f16_tape_against_reference() {
     let g = gpu();
@@ -579,7 +580,7 @@ fn f16_tape_against_reference() {
     let batch = 6;
     let combi = |act| Combi { r: 1, act };
     let base = flow(2, 6, 4, vec![8, 8], 3, true);
-    for (label, f) in [
+    let flows = [
         ("plain", base.clone()),
         (
             "symmetrised",
@@ -590,23 +591,24 @@ fn f16_tape_against_reference() {
             base.clone().with_combi(combi(CombiAct::Branch)),
         ),
         ("2C1 last", base.clone().with_combi(combi(CombiAct::Last))),
-    ] {
-        let label = format!("f16 tape {label}");
+    ];
+    for ((label, f), fusion) in (flows.iter()).flat_map(|f| [(f, Fusion::Off), (f, Fusion::On)]) {
+        let label = format!("f16 tape {label} {fusion:?}");
         let p0 = f.init_params(11);
         let params = g.upload_params(&p0).unwrap();
         let counter = g.upload("counter", &[0u32; 4]).unwrap();
         let spec = TapeSpec {
             precision: Precision::F16,
-            ..tape_spec_fused(&f, batch, normal.clone(), 0.0, Fusion::Off)
+            ..tape_spec_fused(f, batch, normal.clone(), 0.0, fusion)
         };
         let tape = Tape::new(g, spec, &params, &counter).unwrap();
-        assert!(!tape.fused_layers());
+        assert_eq!(tape.fused_layers(), fusion == Fusion::On, "{label}");
         tape.submit_step(g);
         g.wait().unwrap();
         let v = f.lattice.volume();
         let p: Vec<f64> = p0.iter().map(|&x| x as f64).collect();
         let (z, logr) = prior_ref::sample(&normal, 4242, stream::TRAIN, 0, batch, v);
-        let fwd = reference::forward(&f, &p, &z, &logr);
+        let fwd = reference::forward(f, &p, &z, &logr);
         let phi_err = max_err(&read(tape.phi()), &fwd.x[f.n_layers]);
         check(
             &format!("{label} phi"),
@@ -622,7 +624,7 @@ fn f16_tape_against_reference() {
             &rel(&fwd.logq),
             1e-4,
         );
-        let (loss, grad) = reference::loss_and_grad(&f, &p, &z, &logr, -4.0, 8.0);
+        let (loss, grad) = reference::loss_and_grad(f, &p, &z, &logr, -4.0, 8.0);
         let gpu_loss = read(&tape.metrics)[0];
         check(
             &format!("{label} loss"),
