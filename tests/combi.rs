@@ -52,13 +52,6 @@ fn stage_tilings(c: &Stage, seed: u64, batch: usize, candidates: bool) {
 fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Precision; 2]) {
     let g = gpu();
     let [tin, tout] = types;
-    let half_ulp = |t: Precision| {
-        if t == Precision::F16 {
-            1.0 / 2048.0
-        } else {
-            0.0
-        }
-    };
     let k = 3;
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
@@ -304,14 +297,14 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
                 &format!("{label} branch {b} output"),
                 &got_hb[b * s_out..b * s_out + n_out],
                 want,
-                sum_tol(c.cin * taps + 1) + half_ulp(tout),
+                sum_tol(c.cin * taps + 1) + store_rounding(tout),
             );
         }
         check(
             &format!("{label} mean"),
             &read(&by),
             &y,
-            sum_tol(nb * (c.cin * taps + 1)) + half_ulp(tout),
+            sum_tol(nb * (c.cin * taps + 1)) + store_rounding(tout),
         );
         let gw = read(&grads);
         for (b, ((t, wb), gb)) in branches.iter().zip(&w).zip(&gy).enumerate() {
@@ -350,7 +343,7 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
             &format!("{label} input gradient"),
             &got_gx,
             &gx_want,
-            sum_tol(nb * c.cout * taps + 1) + half_ulp(tin),
+            sum_tol(nb * c.cout * taps + 1) + store_rounding(tin),
         );
     }
 }
@@ -531,12 +524,7 @@ fn mean_backward_typed(branches: usize, mode: CombiAct, act: Act, seed: u64, ty:
     let m = Mean::new(g, spec, &bhb, &by, &bgy, &bghb).unwrap();
     g.run(&[&m.backward]).unwrap();
 
-    let tol = 8.0 * U
-        + if ty == Precision::F16 {
-            1.0 / 2048.0
-        } else {
-            0.0
-        };
+    let tol = 8.0 * U + store_rounding(ty);
     let gb = reference::backward(&hb, &y, &gy, mode, act);
     let got = read(&bghb);
     for (b, want) in gb.iter().enumerate() {

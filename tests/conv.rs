@@ -47,13 +47,6 @@ fn run_tilings(c: &Case, seed: u64, batch: usize, candidates: bool) {
 fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precision; 2]) {
     let g = gpu();
     let [tin, tout] = types;
-    let half_ulp = |t: Precision| {
-        if t == Precision::F16 {
-            1.0 / 2048.0
-        } else {
-            0.0
-        }
-    };
     let lat = Lattice::new(c.nd, c.l);
     let v = lat.volume();
     let window = match &c.axes {
@@ -225,7 +218,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             &format!("{label} forward"),
             &read(&bufs.3),
             &y_ref,
-            4.0 * (c.cin * taps + 1) as f64 * U + half_ulp(tout),
+            4.0 * (c.cin * taps + 1) as f64 * U + store_rounding(tout),
         );
         let gw = read(&bufs.1)[w_off..w_off + dims.n_params()].to_vec();
         check(
@@ -238,7 +231,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             &format!("{label} backward_input"),
             &read(&bufs.5),
             &gx_ref,
-            4.0 * (c.cout * taps + 1) as f64 * U + half_ulp(tin),
+            4.0 * (c.cout * taps + 1) as f64 * U + store_rounding(tin),
         );
     }
 

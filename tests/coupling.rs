@@ -21,11 +21,6 @@ fn run(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64) {
 /// value, which its tolerance adds (y and log q stay f32).
 fn run_typed(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64, st_type: Precision) {
     let g = gpu();
-    let half_ulp = if st_type == Precision::F16 {
-        1.0 / 2048.0
-    } else {
-        0.0
-    };
     let lat = Lattice::new(nd, l);
     let v = lat.volume();
     let batch = 5;
@@ -102,7 +97,7 @@ fn run_typed(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64, st_typ
         &format!("{label} backward st"),
         &read(&bgst),
         &gst_ref,
-        8.0 * U + half_ulp,
+        8.0 * U + store_rounding(st_type),
     );
 
     // Reference backward vs finite differences of L = r.y + c.(log q0 - log J), as a function

@@ -92,11 +92,7 @@ fn run_typed(nd: usize, l: usize, parity: u32, final_act: Act, seed: u64, u_type
         &format!("{label} combine_backward"),
         &read(&bgu),
         &reference::combine_backward(&u, &gst, v, final_act),
-        tol + if u_type == Precision::F16 {
-            1.0 / 2048.0
-        } else {
-            0.0
-        },
+        tol + store_rounding(u_type),
     );
 
     // The reference backwards are the derivatives of the reference forwards: the gradient of

@@ -48,6 +48,15 @@ pub fn rounded_as(x: &[f64], precision: Precision) -> Vec<f64> {
     }
 }
 
+/// The relative error of storing an f32 result as `precision`: half an ulp of f16's 11-bit
+/// significand (2^-11), none for f32.
+pub fn store_rounding(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 0.0,
+        Precision::F16 => 1.0 / 2048.0,
+    }
+}
+
 /// A buffer of activations holding `x` stored as `precision`.
 pub fn upload_as(label: &str, x: &[f64], precision: Precision) -> GpuBuffer {
     let g = gpu();
