@@ -165,6 +165,33 @@ fn bad_flags() {
         &run(&["train", "x.toml", "--no-such-flag"]),
         &["--no-such-flag"],
     );
+    fails_cleanly(
+        &run(&["train", "x.toml", "--precision", "f64"]),
+        &["--precision", "f32", "f16"],
+    );
+}
+
+/// `--precision f16` is recorded in the run directory, and `--resume` without the flag
+/// continues in it (the dry run names it).
+#[test]
+fn precision_is_recorded_and_resumed() {
+    let dir = tmpdir("cli-precision");
+    let c = small(&dir, "p.toml", 1, "");
+    let out = dir.join("run");
+    let (c, o) = (c.to_str().unwrap(), out.to_str().unwrap());
+    let first = run(&["train", c, "--out", o, "--precision", "f16"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let recorded = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(recorded.contains("precision = \"f16\""), "{recorded}");
+    let resumed = run(&["train", c, "--out", o, "--resume", "--epochs", "2"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let recorded = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(recorded.contains("precision = \"f16\""), "{recorded}");
+    let dry = text(&run(&["train", c, "--dry-run", "--precision", "f16"]));
+    assert!(
+        dry.contains("precision   activations and their gradients f16"),
+        "{dry}"
+    );
 }
 
 #[test]

@@ -100,7 +100,6 @@ pub struct SampleArgs {
     /// sum, log q, the action, the weights and Adam stay f32).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
-
     #[command(flatten)]
     pub common: CommonArgs,
 }

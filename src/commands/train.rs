@@ -175,11 +175,16 @@ fn dry_run(gpu: &Gpu, cfg: &Config, out: &Path) -> Result<()> {
 pub fn run(args: TrainArgs) -> Result<u8> {
     let mut cfg = Config::load(&args.config)?;
     let gpu = Gpu::new(&AdapterChoice::new(args.adapter.as_deref(), cfg.device_id))?;
-    super::set_precision(&mut cfg, args.precision, &gpu);
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| default_run_dir(&args.config));
+    // A resumed run continues in the precision it recorded unless --precision says otherwise.
+    let recorded = (args.resume)
+        .then(|| Config::load(&out.join("config.toml")).ok())
+        .flatten()
+        .map(|c| c.precision);
+    super::set_precision(&mut cfg, args.precision.or(recorded), &gpu);
     if args.dry_run {
         // The tilings the run would use (measured now if --tune asks for it).
         let train_spec = TapeSpec::training(&cfg);
