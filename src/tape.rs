@@ -441,6 +441,7 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         branches: nb,
         w_stride: stage.get(1).map_or(0, |c1| c1.offset - c.offset),
         combi_act: net.combi_act,
+        precision: spec.precision,
     };
     // A tiling measured on this adapter (`crate::tune`) replaces the rule's.
     if let Some(t) = gpu.conv_tiling(&s.tune_key()) {

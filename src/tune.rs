@@ -15,8 +15,8 @@
 //! does not trade a rule for an equal tiling.
 
 use crate::files::write_atomic;
-use crate::gpu::Gpu;
 use crate::gpu::timing::median;
+use crate::gpu::{Gpu, GpuBuffer, Precision};
 use crate::kernels::LatticeBuffers;
 use crate::kernels::conv::{Conv, ConvBuffers, ConvGrads, ConvSpec, InputGrad};
 use crate::kernels::tiling::{ConvCandidates, ConvTiling};
@@ -531,7 +531,33 @@ fn filled(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A buffer of `n` activations stored as `precision`, holding `filled(n, seed)`.
+fn filled_as(
+    gpu: &Gpu,
+    label: &str,
+    n: usize,
+    seed: u64,
+    precision: Precision,
+) -> Result<GpuBuffer> {
+    let b = gpu.activations(label, n, precision)?;
+    let v = filled(n, seed);
+    match precision {
+        Precision::F32 => gpu.write(&b, &v),
+        Precision::F16 => {
+            let mut bits: Vec<u16> = v
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect();
+            bits.resize(b.size as usize / 2, 0);
+            gpu.write(&b, &bits)
+        }
+    }
+    Ok(b)
+}
+
 impl Scratch {
+    /// Buffers for `s` in its storage types (`ConvSpec::precision`), so that the kernels timed
+    /// are the ones the tape runs.
     fn new(gpu: &Gpu, s: &ConvSpec, max_partial: usize) -> Result<Scratch> {
         let d = s.dims;
         let rows = |n: usize, stride: usize| (s.branches - 1) * stride + n;
@@ -541,12 +567,21 @@ impl Scratch {
         let np = s.w_off + s.param_span().div_ceil(4) * 4;
         Ok(Scratch {
             params: gpu.upload_params(&filled(np, 1))?,
-            x: gpu.upload("tune x", &filled(n_in, 2))?,
-            y: gpu.storage("tune y", n_out)?,
-            hb: gpu.storage("tune hb", n_out)?,
-            hb_in: gpu.upload("tune hb_in", &filled(n_in, 3))?,
-            gy: gpu.upload("tune gy", &filled(n_out, 4))?,
-            gx: gpu.storage("tune gx", n_in)?,
+            x: filled_as(gpu, "tune x", n_in, 2, s.in_type())?,
+            y: gpu.activations("tune y", n_out, s.precision)?,
+            // Sign words are u32 whatever the precision.
+            hb: gpu.activations(
+                "tune hb",
+                n_out,
+                if s.signs() {
+                    Precision::F32
+                } else {
+                    s.precision
+                },
+            )?,
+            hb_in: filled_as(gpu, "tune hb_in", n_in, 3, s.in_type())?,
+            gy: filled_as(gpu, "tune gy", n_out, 4, s.precision)?,
+            gx: gpu.activations("tune gx", n_in, s.in_type())?,
             grads: gpu.storage("tune grads", np)?,
             partial: gpu.storage("tune partial", max_partial.max(1))?,
         })

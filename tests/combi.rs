@@ -207,8 +207,10 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
             branches: nb,
             w_stride,
             combi_act: c.mode,
+            precision: tout,
         };
         let span = spec.param_span();
+        assert_eq!(spec.in_type(), tin, "the first stage reads the f32 field");
         // The branches' slices at w_off + b * w_stride, other values around and between.
         let mut p = rounded(&uniform(&mut r, w_off + span + 70, -0.5, 0.5));
         for (b, wb) in w.iter().enumerate() {

@@ -145,6 +145,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             branches: 1,
             w_stride: 0,
             combi_act: CombiAct::Branch,
+            precision: tout,
             tiling: candidate.unwrap_or(ConvTiling {
                 chunk: 2, // two chunks for batch 3: the last one partial
                 samples_per_thread: nb,
@@ -182,6 +183,11 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             g.storage("partial", spec.partial_len()).unwrap(),
         );
         let spec_tiling = spec.tiling;
+        assert_eq!(
+            spec.in_type(),
+            tin,
+            "the first convolution reads the f32 field"
+        );
         let conv = Conv::new(
             g,
             spec,

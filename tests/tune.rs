@@ -258,3 +258,38 @@ fn whole_layers_or_per_kernel_is_measured_and_cached() {
     assert!(!t2.fusion.contains_key(&forced.fusion_key()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An f16 tape's convolutions are tuned as f16 kernels (the scratch buffers in their storage
+/// types): their keys say so, apart from f32's (whose keys are as before f16 existed), and
+/// the tape built next uses what was measured.
+#[test]
+fn f16_kernels_are_tuned_as_f16() {
+    let dir = scratch_dir("tune-f16");
+    let g = own_gpu();
+    let f32_spec = small_spec();
+    let spec = TapeSpec {
+        precision: Precision::F16,
+        ..small_spec()
+    };
+    let keys =
+        |s: &TapeSpec| -> Vec<String> { conv_specs(&g, s).iter().map(|c| c.tune_key()).collect() };
+    assert!(keys(&f32_spec).iter().all(|k| !k.contains("f16")));
+    assert!(keys(&spec).iter().all(|k| k.ends_with(", f16 storage")));
+    let mut t = Tuner::with_cache(&g, TuneMode::Auto, Some(dir.join("tilings.json")));
+    t.prepare(&spec, &mut |_, _, _| {}).unwrap();
+    assert_eq!(sources(&t), vec![Source::Measured; keys(&spec).len()]);
+    for s in conv_specs(&g, &spec) {
+        assert_eq!(
+            s.tiling,
+            t.choices[&s.tune_key()].tiling,
+            "{}",
+            s.tune_key()
+        );
+    }
+    let params = g.upload_params(&spec.flow.init_params(3)).unwrap();
+    let counter = g.upload("counter", &[0u32; 4]).unwrap();
+    let tape = Tape::new(&g, spec, &params, &counter).unwrap();
+    tape.submit_step(&g);
+    g.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

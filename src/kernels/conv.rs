@@ -5,7 +5,7 @@ use super::combi::{keeps_signs, row_stride, sign_words};
 use super::tiling::ConvTiling;
 use super::{Act, LatticeBuffers};
 use crate::flow::{CombiAct, Taps};
-use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Shader, groups_for};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, KernelSpec, Precision, Shader, groups_for};
 use anyhow::{Result, bail};
 
 /// Threads per workgroup of the site-parallel entry points.
@@ -74,9 +74,21 @@ pub struct ConvSpec {
     pub branches: usize,
     pub w_stride: usize,
     pub combi_act: CombiAct,
+    /// The storage of the activations it reads and writes (`[device] precision`): its output
+    /// side (y, gy, the branches' outputs) and its input side, except the first convolution
+    /// of a net (`in_mask`), whose input is the f32 field.
+    pub precision: Precision,
 }
 
 impl ConvSpec {
+    /// The storage type of x and gx (and of the previous stage's branches).
+    pub fn in_type(&self) -> Precision {
+        if self.in_mask {
+            Precision::F32
+        } else {
+            self.precision
+        }
+    }
     /// Floats between two branches' rows of the outputs (and of gy); 0 where the branches
     /// share one gradient row (`combi::row_stride`).
     pub fn stride(&self) -> usize {
@@ -138,6 +150,11 @@ impl ConvSpec {
             InputGrad::ToBranches(_) if self.signs_in() => "input gradient to branches (one row)",
             InputGrad::ToBranches(_) => "input gradient to branches",
         };
+        // (f32, the default, adds nothing: keys measured before f16 existed stay valid.)
+        let storage = match self.precision {
+            Precision::F32 => "",
+            Precision::F16 => ", f16 storage",
+        };
         let branches = match (self.branches, self.combi_act) {
             (1, _) => String::new(),
             (b, CombiAct::Branch) if self.signs() => {
@@ -147,7 +164,7 @@ impl ConvSpec {
             (b, CombiAct::Last) => format!(" x {b} branches (mean before the activation)"),
         };
         format!(
-            "conv {} -> {}, {} taps{branches} (rows of {}), {} sites, batch {}{}, {grad}",
+            "conv {} -> {}, {} taps{branches} (rows of {}), {} sites, batch {}{}, {grad}{storage}",
             d.cin,
             d.cout,
             d.taps,
@@ -324,10 +341,9 @@ impl Conv {
                 .with("ACT", spec.act.code())
                 .with("SIGNS", signs as u32)
                 .with("WORDS", sign_words(br, d.cout) as u32)
-                // Activations are stored as their buffers hold them: f32, or f16 under
-                // `[device] precision = "f16"` (the dispatch checks every binding's type).
-                .with_type("XS", b.x.precision)
-                .with_type("YS", b.y.precision)
+                // The activations' storage types (the dispatch checks each bound buffer's).
+                .with_type("XS", spec.in_type())
+                .with_type("YS", spec.precision)
         };
         let uniform = Params {
             batch: d.batch as u32,
