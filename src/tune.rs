@@ -539,20 +539,7 @@ fn filled_as(
     seed: u64,
     precision: Precision,
 ) -> Result<GpuBuffer> {
-    let b = gpu.activations(label, n, precision)?;
-    let v = filled(n, seed);
-    match precision {
-        Precision::F32 => gpu.write(&b, &v),
-        Precision::F16 => {
-            let mut bits: Vec<u16> = v
-                .iter()
-                .map(|&x| half::f16::from_f32(x).to_bits())
-                .collect();
-            bits.resize(b.size as usize / 2, 0);
-            gpu.write(&b, &bits)
-        }
-    }
-    Ok(b)
+    gpu.upload_activations(label, &filled(n, seed), precision)
 }
 
 impl Scratch {

@@ -162,6 +162,28 @@ impl Gpu {
         Ok(b)
     }
 
+    /// A buffer of activations stored as `precision` holding `data` (f16: each value rounded
+    /// to the nearest f16).
+    pub fn upload_activations(
+        &self,
+        label: &str,
+        data: &[f32],
+        precision: Precision,
+    ) -> Result<GpuBuffer> {
+        let b = self.activations(label, data.len(), precision)?;
+        match precision {
+            Precision::F32 => self.write(&b, data),
+            Precision::F16 => {
+                let mut bits: Vec<u16> = (data.iter())
+                    .map(|&x| half::f16::from_f32(x).to_bits())
+                    .collect();
+                bits.resize(b.size as usize / 2, 0);
+                self.write(&b, &bits)
+            }
+        }
+        Ok(b)
+    }
+
     /// A storage buffer holding `data`.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<GpuBuffer> {
         self.upload_with(label, data, Usage::empty())

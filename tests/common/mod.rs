@@ -44,7 +44,10 @@ pub fn upload(label: &str, x: &[f64]) -> GpuBuffer {
 pub fn rounded_as(x: &[f64], precision: Precision) -> Vec<f64> {
     match precision {
         Precision::F32 => rounded(x),
-        Precision::F16 => x.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect(),
+        // Through f32, as the upload rounds.
+        Precision::F16 => (x.iter())
+            .map(|&v| half::f16::from_f32(v as f32).to_f64())
+            .collect(),
     }
 }
 
@@ -59,20 +62,9 @@ pub fn store_rounding(precision: Precision) -> f64 {
 
 /// A buffer of activations holding `x` stored as `precision`.
 pub fn upload_as(label: &str, x: &[f64], precision: Precision) -> GpuBuffer {
-    let g = gpu();
-    let b = g.activations(label, x.len(), precision).unwrap();
-    match precision {
-        Precision::F32 => g.write(&b, &f32s(x)),
-        Precision::F16 => {
-            let mut bits: Vec<u16> = x
-                .iter()
-                .map(|&v| half::f16::from_f64(v).to_bits())
-                .collect();
-            bits.resize(b.size as usize / 2, 0);
-            g.write(&b, &bits)
-        }
-    }
-    b
+    gpu()
+        .upload_activations(label, &f32s(x), precision)
+        .unwrap()
 }
 
 /// A buffer's values (f32, or f16 for an f16 activation buffer) as f64.
