@@ -9,8 +9,8 @@
 #
 # --run writes everything to one log (bench tables, bench JSON, PyTorch JSON lines) under OUT:
 # for each config, `bench --fusion on` and `--fusion off` (whole coupling layers against one
-# launch per kernel; each JSON names the adapter), `--fusion off --precision f16` (activations
-# stored as f16), and pytorch_flow.py on CUDA, then a summary.
+# launch per kernel; each JSON names the adapter), each also with `--precision f16`
+# (activations stored as f16), and pytorch_flow.py on CUDA, then a summary.
 # QUICK=1 runs only the tutorial (to try the script on any machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,8 +61,8 @@ case "${1:-}" in
   while IFS='|' read -r name cfg steps args; do
     echo "=== $name ($cfg)"
     line="$name"
-    # Whole layers and per kernel in f32; per kernel in f16 (an f16 tape runs per kernel).
-    for run in "on f32" "off f32" "off f16"; do
+    # Whole layers and per kernel, each in f32 and in f16.
+    for run in "on f32" "off f32" "on f16" "off f16"; do
       read -r fusion precision <<<"$run"
       echo "--- bench --fusion $fusion --precision $precision"
       json=$(timeout 240 $BIN bench "$cfg" --json --steps "$steps" --fusion "$fusion" --precision "$precision")

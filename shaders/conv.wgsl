@@ -76,7 +76,8 @@ struct Params {
     // hb_in and gx in MODE 4 (the previous stage's).
     stride: u32,
     stride_in: u32,
-    _pad0: u32,
+    // reduce_weight: 1 / the loss scale (`TapeSpec::loss_scale`: 1 but under f16 storage).
+    unscale: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -401,5 +402,5 @@ fn reduce_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += partial[i];
         i += p.n_weights;
     }
-    grads[p.w_off + w] = acc;
+    grads[p.w_off + w] = acc * p.unscale;
 }

@@ -88,6 +88,8 @@ struct Params {
     w_first: u32,
     // KEEP = 1: where the branches' outputs start in `h`.
     hb_off: u32,
+    // reduce: 1 / the loss scale (`TapeSpec::loss_scale`: 1 but under f16 storage).
+    unscale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -736,5 +738,5 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += partial[j];
         j += WSPAN;
     }
-    grads[p.w_first + i] = acc;
+    grads[p.w_first + i] = acc * p.unscale;
 }

@@ -36,7 +36,8 @@ fn row_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 //   out[0] = mean_b (log q + S)           (the loss)
 //   out[1] = ESS per sample of the batch  exp(2 LSE(log w) - LSE(2 log w)) / batch
 //   out[2] = max_b log w,  out[3] = mean_b log w,      log w = -(S + log q)
-// and grad[b] = dL/dlog q_b = 1 / batch for the backward pass. a = log q, b_in = S.
+// and grad[b] = scale dL/dlog q_b = scale / batch for the backward pass (scale: the loss
+// scale, 1 but under f16 storage, `TapeSpec::loss_scale`). a = log q, b_in = S.
 @compute @workgroup_size(WG)
 fn loss(@builtin(local_invocation_index) lid: u32) {
     let n = p.rows;
@@ -46,7 +47,7 @@ fn loss(@builtin(local_invocation_index) lid: u32) {
         let lw = -(a[i] + b_in[i]);
         part += lw;
         mx = max(mx, lw);
-        grad[i] = 1.0 / f32(n);
+        grad[i] = p.scale / f32(n);
     }
     let sum_lw = tree_sum(lid, part);
     let max_lw = tree_max(lid, mx);

@@ -161,6 +161,9 @@ pub struct ShardMeta {
     pub config: String,
     pub checkpoint: String,
     pub checkpoint_fingerprint: String,
+    /// The storage of the flow's activations when the shard drew its proposals ("f32" where
+    /// the JSON does not say).
+    pub precision: String,
 }
 
 /// One finished shard, read back.
@@ -231,6 +234,10 @@ fn meta_of(json: &Path) -> Result<ShardMeta> {
         config: s("config_fingerprint")?,
         checkpoint: s("checkpoint")?,
         checkpoint_fingerprint: s("checkpoint_fingerprint")?,
+        precision: match v.get("precision") {
+            None => "f32".into(),
+            Some(_) => s("precision")?,
+        },
     })
 }
 
@@ -406,6 +413,17 @@ pub fn read_set(run_dir: &Path, lat: &Lattice, config_fingerprint: &str) -> Resu
                     meta.checkpoint_fingerprint,
                     f.checkpoint,
                     f.checkpoint_fingerprint
+                );
+            }
+            // f16 rounds the flow's nets: another precision draws from another map.
+            if meta.precision != f.precision {
+                bail!(
+                    "{} drew its proposals with {} activations and {} with {}: a set is one \
+                     flow's shards in one precision (sample --precision)",
+                    json.display(),
+                    meta.precision,
+                    first.json.display(),
+                    f.precision
                 );
             }
             if meta.seed != f.seed {

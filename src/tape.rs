@@ -62,7 +62,7 @@ pub struct TapeSpec {
     /// Whether each coupling layer runs as one dispatch each way.
     pub fusion: Fusion,
     /// The storage type of the nets' activations and their gradients (f16 needs an adapter
-    /// with SHADER_F16: resolve it with `Gpu::precision`). Layers then run per kernel.
+    /// with SHADER_F16: resolve it with `Gpu::precision`).
     pub precision: Precision,
 }
 
@@ -133,11 +133,27 @@ impl TapeSpec {
             Mode::Train => "training",
             Mode::Infer => "inference",
         };
+        // (f32, the default, adds nothing: keys measured before f16 existed stay valid.)
+        let storage = match self.precision {
+            Precision::F32 => "",
+            Precision::F16 => ", f16 storage",
+        };
         format!(
-            "{mode} tape, batch {}, {}",
+            "{mode} tape, batch {}, {}{storage}",
             self.batch,
             crate::checkpoint::describe(&self.flow)
         )
+    }
+
+    /// The factor every gradient of the backward carries until the weight gradients divide it
+    /// out: 1, but under f16 storage the batch rounded up to a power of two, so that the
+    /// gradients stored as f16 are O(1) per sample (dL/dlog q = 1/batch would sink towards
+    /// f16's subnormals, below 6.1e-5, in large batches) and dividing it out is exact.
+    pub fn loss_scale(&self) -> f64 {
+        match self.precision {
+            Precision::F32 => 1.0,
+            Precision::F16 => self.batch.next_power_of_two() as f64,
+        }
     }
 
     /// The training tape of a config: its batch size, the training stream of the prior, the
@@ -291,7 +307,8 @@ fn check_limits(gpu: &Gpu, spec: &TapeSpec) -> Result<()> {
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    let activation = 4 * net_batch as u64 * widest * v;
+    // The widest activation, in its storage type (the f32 field is one channel of it).
+    let activation = net_batch as u64 * v * (4u64).max(spec.precision.bytes() * widest);
     if activation > max {
         anyhow::bail!(
             "one activation buffer (batch {} x {} channels x {} sites) needs {:.0} MiB, over this adapter's max_storage_buffer_binding_size of {:.0} MiB ({}); lower the batch, the lattice size L or the hidden widths",
@@ -369,6 +386,7 @@ fn layer_spec(spec: &TapeSpec, l: usize) -> CouplingLayerSpec {
         train: spec.mode == Mode::Train,
         gpu_tiling: false,
         precision: spec.precision,
+        loss_scale: spec.loss_scale(),
     }
 }
 
@@ -442,6 +460,7 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         w_stride: stage.get(1).map_or(0, |c1| c1.offset - c.offset),
         combi_act: net.combi_act,
         precision: spec.precision,
+        loss_scale: spec.loss_scale(),
     };
     // A tiling measured on this adapter (`crate::tune`) replaces the rule's.
     if let Some(t) = gpu.conv_tiling(&s.tune_key()) {
@@ -628,7 +647,9 @@ impl Buffers {
                 (Exec::PerKernel, true) => per_kernel_set(pl, &format!("h[{l}]"), l)?,
                 (Exec::Whole | Exec::WholeForward, false) => {
                     if placeholder.is_none() {
-                        placeholder = Some(pl.f32("unused activations".into(), 1)?);
+                        // Typed as the layers' `h`, which it stands in for.
+                        placeholder =
+                            Some(pl.typed("unused activations".into(), 2, spec.precision)?);
                     }
                     Activations {
                         whole: placeholder.clone(),
@@ -986,7 +1007,7 @@ impl Tape {
                 batch: b,
                 m2: spec.m2,
                 lam: spec.lam,
-                scale: 1.0 / b as f64,
+                scale: spec.loss_scale() / b as f64,
             },
             &buf.lattice,
             phi,
@@ -996,6 +1017,7 @@ impl Tape {
         ops.push(Op::Loss(reduce::loss(
             gpu,
             b,
+            spec.loss_scale(),
             &buf.logq,
             &buf.action,
             &buf.metrics,

@@ -208,6 +208,7 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
             w_stride,
             combi_act: c.mode,
             precision: tout,
+            loss_scale: 1.0,
         };
         let span = spec.param_span();
         assert_eq!(spec.in_type(), tin, "the first stage reads the f32 field");

@@ -146,6 +146,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             w_stride: 0,
             combi_act: CombiAct::Branch,
             precision: tout,
+            loss_scale: 1.0,
             tiling: candidate.unwrap_or(ConvTiling {
                 chunk: 2, // two chunks for batch 3: the last one partial
                 samples_per_thread: nb,

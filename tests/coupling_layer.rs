@@ -99,6 +99,7 @@ fn run_tiled(f: &FlowSpec, batch: usize, train: bool, seed: u64, gpu_tiling: boo
         train,
         gpu_tiling,
         precision: Precision::F32,
+        loss_scale: 1.0,
     };
     let partial = g.storage("partial", spec_of(0).partial_len(g)).unwrap();
     // Every stage's output, then (a combinational layer averaging after the activation)
@@ -317,6 +318,7 @@ fn unequal_hidden_widths_are_not_fused() {
         train: false,
         gpu_tiling: false,
         precision: Precision::F32,
+        loss_scale: 1.0,
     };
     let why = spec.unfusable(gpu()).expect("[4, 3] must not fuse");
     assert!(why.contains("[1, HID, ..., HID, 2]"), "{why}");

@@ -29,7 +29,8 @@ fn row_sums() {
 #[test]
 fn loss_and_metrics() {
     let g = gpu();
-    for batch in [1, 64, 1000] {
+    // (Scale 1024: the loss scale of an f16 tape of batch 1000, `TapeSpec::loss_scale`.)
+    for (batch, scale) in [(1, 1.0), (64, 1.0), (1000, 1.0), (1000, 1024.0)] {
         let mut r = rng(batch as u64);
         let logq = rounded(&uniform(&mut r, batch, -80.0, -40.0));
         let s = rounded(&uniform(&mut r, batch, 30.0, 60.0));
@@ -39,7 +40,7 @@ fn loss_and_metrics() {
             g.storage("metrics", reduce::METRICS).unwrap(),
             g.storage("glogq", batch).unwrap(),
         );
-        let d = reduce::loss(g, batch, &bq, &bs, &bm, &bg).unwrap();
+        let d = reduce::loss(g, batch, scale, &bq, &bs, &bm, &bg).unwrap();
         g.run(&[&d]).unwrap();
         let want = reference::loss_metrics(&logq, &s);
         let m = read(&bm);
@@ -66,7 +67,7 @@ fn loss_and_metrics() {
         check(
             &format!("loss batch={batch} dL/dlog q"),
             &read(&bg),
-            &vec![1.0 / batch as f64; batch],
+            &vec![scale / batch as f64; batch],
             1e-7,
         );
     }

@@ -266,6 +266,13 @@ fn broken_sets_are_refused(run: &Path) {
     std::fs::write(&p, j2.replace("\"seed\": 5", "\"seed\": 6")).unwrap();
     let e = err_of(merge(&d));
     assert!(e.contains("2-of-4.json") && e.contains("seed 6"), "{e}");
+    let f16 = "\"seed\": 5, \"precision\": \"f16\"";
+    std::fs::write(&p, j2.replace("\"seed\": 5", f16)).unwrap();
+    let e = err_of(merge(&d));
+    assert!(
+        e.contains("2-of-4.json") && e.contains("f16 activations"),
+        "{e}"
+    );
     std::fs::write(&p, j2).unwrap();
     let mut c = std::fs::read_to_string(d.join("config.toml")).unwrap();
     c.push_str("\n# edited\n");

@@ -227,6 +227,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             sj.insert("shard".into(), id.index.into());
             sj.insert("shards".into(), id.count.into());
             sj.insert("seed".into(), r.seed.into());
+            sj.insert("precision".into(), r.cfg.precision.name().into());
             sj.insert("batch".into(), opts.batch.min(opts.samples).into());
             sj.insert(
                 "config_fingerprint".into(),

@@ -78,6 +78,9 @@ pub struct ConvSpec {
     /// side (y, gy, the branches' outputs) and its input side, except the first convolution
     /// of a net (`in_mask`), whose input is the f32 field.
     pub precision: Precision,
+    /// The factor the gradients it is given carry (`TapeSpec::loss_scale`), which its weight
+    /// gradient divides out.
+    pub loss_scale: f64,
 }
 
 impl ConvSpec {
@@ -220,7 +223,8 @@ struct Params {
     n_chunks: u32,
     stride: u32,
     stride_in: u32,
-    _pad: [u32; 3],
+    unscale: f32,
+    _pad: [u32; 2],
 }
 
 /// The dispatches of one convolution layer.
@@ -355,7 +359,8 @@ impl Conv {
             n_chunks: spec.n_chunks() as u32,
             stride: spec.stride() as u32,
             stride_in: spec.stride_in() as u32,
-            _pad: [0; 3],
+            unscale: (1.0 / spec.loss_scale) as f32,
+            _pad: [0; 2],
         };
         let u = Some(bytemuck::bytes_of(&uniform));
         let site_groups = [
@@ -394,8 +399,8 @@ impl Conv {
         let f = 4.0;
         let (bv, macs) = ((d.batch * d.volume) as f64, (br * d.macs()) as f64);
         let (xin, yout, w) = (
-            bv * d.cin as f64 * f,
-            bv * d.cout as f64 * f,
+            bv * d.cin as f64 * spec.in_type().bytes() as f64,
+            bv * d.cout as f64 * spec.precision.bytes() as f64,
             d.n_params() as f64 * f,
         );
         let forward = gpu

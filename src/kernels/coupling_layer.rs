@@ -61,6 +61,9 @@ pub struct CouplingLayerSpec {
     pub gpu_tiling: bool,
     /// The storage of the activations (workgroup memory and `h`); gradients stay f32.
     pub precision: Precision,
+    /// The factor the gradients it is given carry (`TapeSpec::loss_scale`), which its weight
+    /// gradient divides out.
+    pub loss_scale: f64,
 }
 
 impl CouplingLayerSpec {
@@ -266,6 +269,7 @@ struct Params {
     n_chunks: u32,
     w_first: u32,
     hb_off: u32,
+    unscale: f32,
 }
 
 pub struct CouplingLayer {
@@ -363,6 +367,7 @@ impl CouplingLayer {
             n_chunks: tiling.n_chunks as u32,
             w_first: first as u32,
             hb_off: h_len as u32,
+            unscale: (1.0 / spec.loss_scale) as f32,
         };
         // Work: the convolutions' multiply-adds, bias and activation per output (for each of
         // the net's samples), the coupling; memory: x read, y written, the weights, and in

@@ -44,10 +44,12 @@ pub fn row_sum(
 /// Number of floats the loss kernel writes: loss, ESS per sample, max log w, mean log w.
 pub const METRICS: usize = 4;
 
-/// The loss of a batch and its metrics into `metrics` [4], and dL/dlog q = 1/batch into `glogq`.
+/// The loss of a batch and its metrics into `metrics` [4], and `loss_scale` dL/dlog q =
+/// loss_scale / batch into `glogq` (`TapeSpec::loss_scale`).
 pub fn loss(
     gpu: &Gpu,
     batch: usize,
+    loss_scale: f64,
     logq: &GpuBuffer,
     action: &GpuBuffer,
     metrics: &GpuBuffer,
@@ -61,7 +63,7 @@ pub fn loss(
     let u = Params {
         rows: batch as u32,
         n: 1,
-        scale: 1.0,
+        scale: loss_scale as f32,
         _pad: 0,
     };
     gpu.dispatch(
