@@ -133,11 +133,7 @@ impl TapeSpec {
             Mode::Train => "training",
             Mode::Infer => "inference",
         };
-        // (f32, the default, adds nothing: keys measured before f16 existed stay valid.)
-        let storage = match self.precision {
-            Precision::F32 => "",
-            Precision::F16 => ", f16 storage",
-        };
+        let storage = self.precision.key_suffix();
         format!(
             "{mode} tape, batch {}, {}{storage}",
             self.batch,

@@ -16,7 +16,7 @@
 
 use crate::files::write_atomic;
 use crate::gpu::timing::median;
-use crate::gpu::{Gpu, GpuBuffer, Precision};
+use crate::gpu::{Gpu, Precision};
 use crate::kernels::LatticeBuffers;
 use crate::kernels::conv::{Conv, ConvBuffers, ConvGrads, ConvSpec, InputGrad};
 use crate::kernels::tiling::{ConvCandidates, ConvTiling};
@@ -531,17 +531,6 @@ fn filled(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// A buffer of `n` activations stored as `precision`, holding `filled(n, seed)`.
-fn filled_as(
-    gpu: &Gpu,
-    label: &str,
-    n: usize,
-    seed: u64,
-    precision: Precision,
-) -> Result<GpuBuffer> {
-    gpu.upload_activations(label, &filled(n, seed), precision)
-}
-
 impl Scratch {
     /// Buffers for `s` in its storage types (`ConvSpec::precision`), so that the kernels timed
     /// are the ones the tape runs.
@@ -554,7 +543,7 @@ impl Scratch {
         let np = s.w_off + s.param_span().div_ceil(4) * 4;
         Ok(Scratch {
             params: gpu.upload_params(&filled(np, 1))?,
-            x: filled_as(gpu, "tune x", n_in, 2, s.in_type())?,
+            x: gpu.upload_activations("tune x", &filled(n_in, 2), s.in_type())?,
             y: gpu.activations("tune y", n_out, s.precision)?,
             // Sign words are u32 whatever the precision.
             hb: gpu.activations(
@@ -566,8 +555,8 @@ impl Scratch {
                     s.precision
                 },
             )?,
-            hb_in: filled_as(gpu, "tune hb_in", n_in, 3, s.in_type())?,
-            gy: filled_as(gpu, "tune gy", n_out, 4, s.precision)?,
+            hb_in: gpu.upload_activations("tune hb_in", &filled(n_in, 3), s.in_type())?,
+            gy: gpu.upload_activations("tune gy", &filled(n_out, 4), s.precision)?,
             gx: gpu.activations("tune gx", n_in, s.in_type())?,
             grads: gpu.storage("tune grads", np)?,
             partial: gpu.storage("tune partial", max_partial.max(1))?,

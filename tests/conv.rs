@@ -31,6 +31,33 @@ struct Case {
     input_grad: InputGrad,
 }
 
+impl Case {
+    /// A 3-wide kernel (over `axes` only, where given).
+    #[allow(clippy::too_many_arguments)]
+    fn k3(
+        nd: usize,
+        l: usize,
+        axes: Option<Vec<usize>>,
+        cin: usize,
+        cout: usize,
+        act: Act,
+        in_mask: bool,
+        input_grad: InputGrad,
+    ) -> Case {
+        Case {
+            nd,
+            l,
+            k: 3,
+            axes,
+            cin,
+            cout,
+            act,
+            in_mask,
+            input_grad,
+        }
+    }
+}
+
 fn run(c: &Case, seed: u64) {
     run_tilings(c, seed, 3, false);
 }
@@ -391,17 +418,7 @@ fn conv_wide_channels() {
 /// window of 27 taps, a line of 3 taps (a combinational branch) and a wide layer.
 #[test]
 fn conv_every_tuning_candidate() {
-    let case = |nd, l, axes, cin, cout, act, in_mask, input_grad| Case {
-        nd,
-        l,
-        k: 3,
-        axes,
-        cin,
-        cout,
-        act,
-        in_mask,
-        input_grad,
-    };
+    let case = Case::k3;
     let leaky = InputGrad::TimesActGrad(Act::Leaky);
     let cases = [
         case(2, 4, None, 1, 8, Act::Leaky, true, InputGrad::AddMasked),
@@ -497,16 +514,9 @@ fn axis_window_is_the_full_window_zero_off_its_axes() {
 #[test]
 fn conv_f16_storage() {
     use Precision::{F16, F32};
-    let stage = |nd, l, axes: Option<Vec<usize>>, cin, cout, act, input_grad| Case {
-        nd,
-        l,
-        k: 3,
-        axes,
-        cin,
-        cout,
-        act,
-        in_mask: cin == 1,
-        input_grad,
+    // The first convolution (one input channel) reads the masked field.
+    let stage = |nd, l, axes, cin, cout, act, input_grad| {
+        Case::k3(nd, l, axes, cin, cout, act, cin == 1, input_grad)
     };
     let leaky = InputGrad::TimesActGrad(Act::Leaky);
     for (nd, l) in [(1, 8), (2, 4), (3, 3), (4, 3)] {

@@ -25,6 +25,15 @@ impl Precision {
         }
     }
 
+    /// What a tuning key adds for this storage type: nothing for f32 (the default), so that
+    /// keys measured before f16 existed stay valid.
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            Precision::F32 => "",
+            Precision::F16 => ", f16 storage",
+        }
+    }
+
     /// The config and command-line spelling, which is also the WGSL type.
     pub fn name(self) -> &'static str {
         match self {

@@ -310,6 +310,17 @@ impl Gpu {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// Whether `b` is one of the placeholders bound where a specialisation reads nothing.
+    fn is_placeholder(&self, b: &GpuBuffer) -> bool {
+        [
+            &self.dummy_uniform,
+            &self.dummy_storage,
+            &self.dummy_storage_rw,
+        ]
+        .iter()
+        .any(|d| d.buffer == b.buffer)
+    }
+
     /// Whether the device was opened with SHADER_F16 (f16 in shaders and storage buffers).
     pub fn has_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16)
@@ -561,7 +572,7 @@ impl Gpu {
                     }
                     // An activation buffer's type is the shader's (placeholders are never read).
                     let half = buf.precision == Precision::F16;
-                    if half != b.half && !buf.label.starts_with("unused") {
+                    if half != b.half && !self.is_placeholder(buf) {
                         bail!(
                             "kernel {key}: buffer {} holds {} values but {} is declared {}",
                             buf.label,

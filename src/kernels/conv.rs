@@ -153,11 +153,7 @@ impl ConvSpec {
             InputGrad::ToBranches(_) if self.signs_in() => "input gradient to branches (one row)",
             InputGrad::ToBranches(_) => "input gradient to branches",
         };
-        // (f32, the default, adds nothing: keys measured before f16 existed stay valid.)
-        let storage = match self.precision {
-            Precision::F32 => "",
-            Precision::F16 => ", f16 storage",
-        };
+        let storage = self.precision.key_suffix();
         let branches = match (self.branches, self.combi_act) {
             (1, _) => String::new(),
             (b, CombiAct::Branch) if self.signs() => {
