@@ -113,6 +113,15 @@ fn mask_at(site: u32) -> f32 {
     return f32(parity_tbl[site] ^ p.parity);
 }
 
+// The word of a sample's signs that holds bit k: a constant 0 where one word holds them all
+// (BR * COUT <= 32), so the sign arrays are indexed by constants and stay in registers.
+fn word_of(k: u32) -> u32 {
+    if WORDS == 1u {
+        return 0u;
+    }
+    return k >> 5u;
+}
+
 // act' of a branch's output from its sign bit (bit k of `word`): LeakyReLU's derivative.
 fn sign_grad(word: u32, k: u32) -> f32 {
     return activate_grad(select(-1.0, 1.0, ((word >> (k & 31u)) & 1u) == 1u), ACT);
@@ -183,7 +192,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                         if SIGNS == 1u {
                             let k = br * COUT + co;
                             if h > 0.0 {
-                                sb[j * WORDS + (k >> 5u)] |= 1u << (k & 31u);
+                                sb[j * WORDS + word_of(k)] |= 1u << (k & 31u);
                             }
                         } else {
                             hb[br * p.stride + (b * COUT + co) * p.volume + site] = YS(h);
@@ -256,7 +265,7 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                     g[j] = f32(gy[gbr + gb[j] + co * p.volume + n]);
                     if SIGNS == 1u {
                         let k = br * COUT + co;
-                        g[j] *= sign_grad(sw[j * WORDS + (k >> 5u)], k);
+                        g[j] *= sign_grad(sw[j * WORDS + word_of(k)], k);
                     }
                 }
                 let w = wb + co * (CIN * TAPS) + t;
@@ -309,16 +318,17 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 // the chunks in a fixed order: deterministic, no atomics.
 const TPT: u32 = 3u;
 const COB: u32 = COUT;
+// Branches per weight-gradient thread (1 or BR): a thread of all the branches loads each
+// site's sign word and, where the stage keeps signs, its one row of output gradients once
+// for all of them. Each sum keeps its order, so the numbers do not depend on it.
+const NBR: u32 = 1u;
 
 @compute @workgroup_size(WG)
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wid.x * WG + lid;
     let chunk = wid.y;
-    // BR > 1: one branch per z of the grid, its taps, output gradients and partial sums.
-    let br = wid.z;
-    let nbr0 = br * TAPS;
-    let gbr = br * p.stride;
-    let pbr = br * WSTRIDE;
+    // BR > 1: NBR branches per z of the grid, their taps, output gradients and partial sums.
+    let br0 = wid.z * NBR;
     let rows = CIN * (TAPS / TPT);
     if k >= rows * (COUT / COB) {
         return;
@@ -331,59 +341,74 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let t0 = (r - ci * (TAPS / TPT)) * TPT;
     let b0 = chunk * p.chunk;
     let b1 = min(b0 + p.chunk, p.batch);
-    var acc: array<f32, TPT * COB>;
-    var bias: array<f32, COB>;
-    for (var i = 0u; i < TPT * COB; i++) {
+    var acc: array<f32, NBR * TPT * COB>;
+    var bias: array<f32, NBR * COB>;
+    for (var i = 0u; i < NBR * TPT * COB; i++) {
         acc[i] = 0.0;
     }
-    for (var co = 0u; co < COB; co++) {
-        bias[co] = 0.0;
+    for (var i = 0u; i < NBR * COB; i++) {
+        bias[i] = 0.0;
     }
     for (var s = 0u; s < p.volume; s++) {
-        var n: array<u32, TPT>;
-        var m: array<f32, TPT>;
-        for (var j = 0u; j < TPT; j++) {
-            n[j] = nbr[s * (BR * TAPS) + nbr0 + t0 + j];
-            m[j] = 1.0;
-            if IN_MASK == 1u {
-                m[j] = mask_at(n[j]);
+        var n: array<u32, NBR * TPT>;
+        var m: array<f32, NBR * TPT>;
+        for (var q = 0u; q < NBR; q++) {
+            for (var j = 0u; j < TPT; j++) {
+                n[q * TPT + j] = nbr[s * (BR * TAPS) + (br0 + q) * TAPS + t0 + j];
+                m[q * TPT + j] = 1.0;
+                if IN_MASK == 1u {
+                    m[q * TPT + j] = mask_at(n[q * TPT + j]);
+                }
             }
         }
         for (var b = b0; b < b1; b++) {
             let xrow = (b * CIN + ci) * p.volume;
-            var v: array<f32, TPT>;
-            for (var j = 0u; j < TPT; j++) {
+            var v: array<f32, NBR * TPT>;
+            for (var j = 0u; j < NBR * TPT; j++) {
                 v[j] = m[j] * f32(x[xrow + n[j]]);
             }
-            let grow = gbr + (b * COUT + co0) * p.volume + s;
+            let grow = (b * COUT + co0) * p.volume + s;
             var sw: array<u32, WORDS>;
+            var g0: array<f32, COB>;
             if SIGNS == 1u {
                 for (var w = 0u; w < WORDS; w++) {
                     sw[w] = bits[(b * WORDS + w) * p.volume + s];
                 }
-            }
-            for (var co = 0u; co < COB; co++) {
-                var g = f32(gy[grow + co * p.volume]);
-                if SIGNS == 1u {
-                    let k = br * COUT + co0 + co;
-                    g *= sign_grad(sw[k >> 5u], k);
+                // One row of dL/dy / BR for every branch (stride 0).
+                for (var co = 0u; co < COB; co++) {
+                    g0[co] = f32(gy[grow + co * p.volume]);
                 }
-                bias[co] += g;
-                for (var j = 0u; j < TPT; j++) {
-                    acc[co * TPT + j] = fma(g, v[j], acc[co * TPT + j]);
+            }
+            for (var q = 0u; q < NBR; q++) {
+                let br = br0 + q;
+                for (var co = 0u; co < COB; co++) {
+                    var g: f32;
+                    if SIGNS == 1u {
+                        let k = br * COUT + co0 + co;
+                        g = g0[co] * sign_grad(sw[word_of(k)], k);
+                    } else {
+                        g = f32(gy[br * p.stride + grow + co * p.volume]);
+                    }
+                    bias[q * COB + co] += g;
+                    for (var j = 0u; j < TPT; j++) {
+                        let a = (q * COB + co) * TPT + j;
+                        acc[a] = fma(g, v[q * TPT + j], acc[a]);
+                    }
                 }
             }
         }
     }
-    let base = chunk * p.n_weights + pbr;
-    for (var co = 0u; co < COB; co++) {
-        for (var j = 0u; j < TPT; j++) {
-            partial[base + (co0 + co) * (CIN * TAPS) + ci * TAPS + t0 + j] = acc[co * TPT + j];
-        }
-    }
-    if r == 0u {
+    for (var q = 0u; q < NBR; q++) {
+        let base = chunk * p.n_weights + (br0 + q) * WSTRIDE;
         for (var co = 0u; co < COB; co++) {
-            partial[base + COUT * CIN * TAPS + co0 + co] = bias[co];
+            for (var j = 0u; j < TPT; j++) {
+                partial[base + (co0 + co) * (CIN * TAPS) + ci * TAPS + t0 + j] = acc[(q * COB + co) * TPT + j];
+            }
+        }
+        if r == 0u {
+            for (var co = 0u; co < COB; co++) {
+                partial[base + COUT * CIN * TAPS + co0 + co] = bias[q * COB + co];
+            }
         }
     }
 }

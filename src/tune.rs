@@ -117,7 +117,7 @@ const LONG: Duration = Duration::from_millis(50);
 /// not cached, so a later run measures them).
 const BUDGET: Duration = Duration::from_secs(300);
 /// The cache file's format version; another version is ignored.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize, Default)]
 struct CacheFile {
@@ -479,8 +479,12 @@ impl<'g> Tuner<'g> {
                 }
                 _ => String::new(),
             };
+            let branches = match t.branches_per_thread {
+                1 => String::new(),
+                q => format!(" x {q} branches"),
+            };
             format!(
-                "{k}: {} samples/thread, weight gradient {} taps x {} channels/thread, \
+                "{k}: {} samples/thread, weight gradient {} taps x {} channels{branches}/thread, \
                      chunks of {} ({}{times})",
                 t.samples_per_thread,
                 t.taps_per_thread,
@@ -615,7 +619,7 @@ fn measure(
     // The largest scratch of partial sums any candidate needs (the smallest chunk).
     let mut max_partial = s.partial_len();
     if train {
-        for &(t, c) in &cands.weight_blocks {
+        for &(t, c, _) in &cands.weight_blocks {
             for chunk in ConvCandidates::chunks(&s.dims, t, c, software) {
                 let mut x = s.clone();
                 x.tiling.chunk = chunk;
@@ -718,11 +722,17 @@ fn measure(
     }
     let rule_w = time(rule, true)?;
     let mut w = (rule, rule_w);
-    for &(tpt, cob) in &cands.weight_blocks {
-        if (tpt, cob) != (rule.taps_per_thread, rule.couts_per_thread) {
+    for &(tpt, cob, nbr) in &cands.weight_blocks {
+        let r = (
+            rule.taps_per_thread,
+            rule.couts_per_thread,
+            rule.branches_per_thread,
+        );
+        if (tpt, cob, nbr) != r {
             let t = ConvTiling {
                 taps_per_thread: tpt,
                 couts_per_thread: cob,
+                branches_per_thread: nbr,
                 chunk: ConvTiling::rule_chunk(&s.dims, tpt, cob, software),
                 ..rule
             };

@@ -175,12 +175,15 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
     };
     let set = Taps::Branches(branches.clone());
     let lb = LatticeBuffers::new(g, lat, std::slice::from_ref(&set)).unwrap();
-    let software = ConvTiling::for_adapter(&dims, k, true);
+    // The CPU adapters' rule for the stage (several branches per weight-gradient thread where
+    // they fit).
+    let software = ConvTiling::for_stage(&dims, k, nb, true);
     let one = ConvTiling {
         samples_per_thread: 1,
         taps_per_thread: 1,
         couts_per_thread: 1,
         chunk: 2,
+        branches_per_thread: 1,
     };
     let mut tilings = vec![(software, true), (one, false)];
     if candidates {
@@ -467,6 +470,32 @@ fn combi_every_tuning_candidate() {
     for (i, c) in stages.iter().enumerate() {
         stage_tilings(c, 700 + i as u64, 17, true);
     }
+}
+
+/// The rule for a 3C1 stage: on a CPU adapter a weight-gradient thread holds every branch where
+/// their accumulators fit (1 -> 8, 8 -> 2), one where they would not (8 -> 8); a GPU keeps one
+/// branch per thread.
+#[test]
+fn combi_rule_branches_per_thread() {
+    let dims = |cin, cout| ConvDims {
+        batch: 64,
+        cin,
+        cout,
+        volume: 512,
+        taps: 3,
+    };
+    let nbr = |cin, cout, software| {
+        ConvTiling::for_stage(&dims(cin, cout), 3, 3, software).branches_per_thread
+    };
+    assert_eq!(nbr(1, 8, true), 3);
+    assert_eq!(nbr(8, 2, true), 3);
+    assert_eq!(nbr(8, 8, true), 1);
+    assert_eq!(nbr(1, 8, false), 1);
+    // A plain convolution has one branch.
+    assert_eq!(
+        ConvTiling::for_stage(&dims(1, 8), 3, 1, true).branches_per_thread,
+        1
+    );
 }
 
 /// The last stage's mean backward (combi.wgsl) against the reference, and the reference

@@ -187,6 +187,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
                         taps_per_thread: 1,
                         couts_per_thread: 1,
                         chunk: 2,
+                        branches_per_thread: 1,
                     }
                 }
             }),

@@ -137,6 +137,7 @@ fn resume_installs_recorded_tilings() {
         taps_per_thread: 1,
         couts_per_thread: 1,
         chunk: 1,
+        branches_per_thread: 1,
     };
     let record: BTreeMap<String, Choice> = conv_specs(&g, &spec)
         .iter()

@@ -244,6 +244,8 @@ impl Conv {
             && d.cout.is_multiple_of(t.couts_per_thread)
             && t.samples_per_thread >= 1
             && t.chunk >= 1
+            && t.branches_per_thread >= 1
+            && spec.branches.is_multiple_of(t.branches_per_thread)
     }
 
     /// Build the layer. If `b.params` has UNIFORM usage and the layer's slice starts at a
@@ -434,7 +436,8 @@ impl Conv {
         let bw = base("backward_weight")
             .with("IN_MASK", spec.in_mask as u32)
             .with("TPT", spec.tiling.taps_per_thread as u32)
-            .with("COB", spec.tiling.couts_per_thread as u32);
+            .with("COB", spec.tiling.couts_per_thread as u32)
+            .with("NBR", spec.tiling.branches_per_thread as u32);
         let backward_weight = gpu
             .dispatch(
                 &bw,
@@ -443,7 +446,7 @@ impl Conv {
                 [
                     groups_for(d.n_params(), WG as usize),
                     spec.n_chunks() as u32,
-                    br as u32,
+                    (br / spec.tiling.branches_per_thread) as u32,
                 ],
             )?
             .with_work(

@@ -56,6 +56,16 @@ pub struct ConvTiling {
     pub couts_per_thread: usize,
     /// Samples per chunk of the weight-gradient reduction.
     pub chunk: usize,
+    /// Branches of a combinational stage whose weight gradients one backward_weight thread
+    /// holds (NBR in conv.wgsl; a divisor of the branches). Where the stage keeps signs its
+    /// branches share one row of output gradients and one sign word per site, which such a
+    /// thread loads once for all of them. Every sum keeps its order: no effect on the numbers.
+    #[serde(default = "one")]
+    pub branches_per_thread: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl ConvTiling {
@@ -82,16 +92,26 @@ impl ConvTiling {
             taps_per_thread: tpt,
             couts_per_thread: cob,
             chunk: Self::rule_chunk(dims, tpt, cob, software),
+            branches_per_thread: 1,
         }
     }
     /// The tiling of a stage of `branches` convolutions run as one (`ConvSpec::branches`): a
     /// forward thread of several branches also holds their running mean, twice the
     /// accumulators, so a CPU adapter gives it half the samples (measured on lavapipe, 3D L 8,
-    /// 3C1: the 8 -> 8 forward took 489 ms per step at 8 samples per thread, 240 at 4).
+    /// 3C1: the 8 -> 8 forward took 489 ms per step at 8 samples per thread, 240 at 4). On a
+    /// CPU adapter a weight-gradient thread holds every branch where their accumulators stay
+    /// within `SOFTWARE_WGRAD_ACCUMULATORS` (3C1's 1 -> 8 and 8 -> 2 stages, not its 8 -> 8):
+    /// measured on lavapipe, the 1 -> 8 weight gradient took 1.6 against 2.1 ms per call.
+    /// A GPU keeps one branch per thread (three times the threads).
     pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, software: bool) -> ConvTiling {
         let mut t = Self::for_adapter(dims, row, software);
         if branches > 1 {
             t.samples_per_thread = (t.samples_per_thread / 2).max(1);
+            if software
+                && t.taps_per_thread * t.couts_per_thread * branches <= SOFTWARE_WGRAD_ACCUMULATORS
+            {
+                t.branches_per_thread = branches;
+            }
         }
         t
     }
@@ -236,8 +256,8 @@ const MAX_CANDIDATE_ACCUMULATORS: usize = 72;
 pub struct ConvCandidates {
     /// Samples per thread of forward and backward_input.
     pub samples_per_thread: Vec<usize>,
-    /// (taps, output channels) per weight-gradient thread.
-    pub weight_blocks: Vec<(usize, usize)>,
+    /// (taps, output channels, branches) per weight-gradient thread.
+    pub weight_blocks: Vec<(usize, usize, usize)>,
 }
 
 impl ConvCandidates {
@@ -246,8 +266,9 @@ impl ConvCandidates {
     /// `MAX_CANDIDATE_ACCUMULATORS` held with their channels, twice for several branches);
     /// taps per thread 1 or a power of the row dividing the taps (at most 25, as
     /// `Conv::new` allows), output channels per thread a power-of-two divisor of COUT or COUT
-    /// itself, their product at most `MAX_CANDIDATE_ACCUMULATORS`. The rule's choice
-    /// (`ConvTiling::for_stage`) is always among them.
+    /// itself, branches per thread 1 or all of them, the product of the three at most
+    /// `MAX_CANDIDATE_ACCUMULATORS`. The rule's choice (`ConvTiling::for_stage`) is always
+    /// among them.
     pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, rule: &ConvTiling) -> Self {
         let held = dims.cin.max(dims.cout) * if branches > 1 { 2 } else { 1 };
         let mut nb: Vec<usize> = (0..5)
@@ -267,15 +288,29 @@ impl ConvCandidates {
         if !cobs.contains(&dims.cout) {
             cobs.push(dims.cout);
         }
-        let mut blocks: Vec<(usize, usize)> = tpts
-            .iter()
-            .flat_map(|&t| cobs.iter().map(move |&c| (t, c)))
-            .filter(|(t, c)| t * c <= MAX_CANDIDATE_ACCUMULATORS)
-            .collect();
+        let nbrs = if branches > 1 {
+            vec![1, branches]
+        } else {
+            vec![1]
+        };
+        let mut blocks: Vec<(usize, usize, usize)> = vec![];
+        for &q in &nbrs {
+            for &t in &tpts {
+                for &c in &cobs {
+                    if t * c * q <= MAX_CANDIDATE_ACCUMULATORS {
+                        blocks.push((t, c, q));
+                    }
+                }
+            }
+        }
         if !nb.contains(&rule.samples_per_thread) {
             nb.push(rule.samples_per_thread);
         }
-        let r = (rule.taps_per_thread, rule.couts_per_thread);
+        let r = (
+            rule.taps_per_thread,
+            rule.couts_per_thread,
+            rule.branches_per_thread,
+        );
         if !blocks.contains(&r) {
             blocks.push(r);
         }
@@ -299,12 +334,13 @@ impl ConvCandidates {
                 ..*rule
             })
             .collect();
-        for &(tpt, cob) in &self.weight_blocks {
+        for &(tpt, cob, nbr) in &self.weight_blocks {
             for software in [true, false] {
                 for chunk in Self::chunks(dims, tpt, cob, software) {
                     let t = ConvTiling {
                         taps_per_thread: tpt,
                         couts_per_thread: cob,
+                        branches_per_thread: nbr,
                         chunk,
                         ..*rule
                     };
