@@ -318,9 +318,10 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 // the chunks in a fixed order: deterministic, no atomics.
 const TPT: u32 = 3u;
 const COB: u32 = COUT;
-// Branches per weight-gradient thread (1 or BR): a thread of all the branches loads each
-// site's sign word and, where the stage keeps signs, its one row of output gradients once
-// for all of them. Each sum keeps its order, so the numbers do not depend on it.
+// Branches per weight-gradient thread (1 or BR). Where the stage keeps signs, a thread of all
+// the branches loads each (site, sample)'s sign word and one row of output gradients once for
+// all of them; elsewhere they share only the loop. Each sum keeps its order, so the numbers do
+// not depend on it.
 const NBR: u32 = 1u;
 
 @compute @workgroup_size(WG)

@@ -722,13 +722,13 @@ fn measure(
     }
     let rule_w = time(rule, true)?;
     let mut w = (rule, rule_w);
+    let rule_block = (
+        rule.taps_per_thread,
+        rule.couts_per_thread,
+        rule.branches_per_thread,
+    );
     for &(tpt, cob, nbr) in &cands.weight_blocks {
-        let r = (
-            rule.taps_per_thread,
-            rule.couts_per_thread,
-            rule.branches_per_thread,
-        );
-        if (tpt, cob, nbr) != r {
+        if (tpt, cob, nbr) != rule_block {
             let t = ConvTiling {
                 taps_per_thread: tpt,
                 couts_per_thread: cob,
