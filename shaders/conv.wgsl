@@ -323,6 +323,31 @@ const COB: u32 = COUT;
 // all of them; elsewhere they share only the loop. Each sum keeps its order, so the numbers do
 // not depend on it.
 const NBR: u32 = 1u;
+// Consecutive sites per weight-gradient step (1 or 4; 4 needs volume % 4 == 0): the output
+// gradients and sign words of 4 sites come in one vec4 load through gy4 and bits4 (the same
+// buffers as gy and bits). A CPU adapter runs every lane's load as its own scalar access, so
+// this quarters those loads; each sum then runs over the sites of a block sample by sample.
+const SPT: u32 = 1u;
+
+// Views of gy and bits by 4 sites (SPT = 4).
+@group(0) @binding(14) var<storage, read> gy4: array<vec4<YS>>;
+@group(0) @binding(15) var<storage, read_write> bits4: array<vec4<u32>>;
+
+// The output gradients of SPT consecutive sites from index i of gy (i a multiple of SPT).
+fn gy_sites(i: u32) -> vec4<f32> {
+    if SPT == 4u {
+        return vec4<f32>(gy4[i >> 2u]);
+    }
+    return vec4<f32>(f32(gy[i]), 0.0, 0.0, 0.0);
+}
+
+// The sign words of SPT consecutive sites from index i of bits.
+fn bits_sites(i: u32) -> vec4<u32> {
+    if SPT == 4u {
+        return bits4[i >> 2u];
+    }
+    return vec4<u32>(bits[i], 0u, 0u, 0u);
+}
 
 @compute @workgroup_size(WG)
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -350,50 +375,58 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     for (var i = 0u; i < NBR * COB; i++) {
         bias[i] = 0.0;
     }
-    for (var s = 0u; s < p.volume; s++) {
-        var n: array<u32, NBR * TPT>;
-        var m: array<f32, NBR * TPT>;
-        for (var q = 0u; q < NBR; q++) {
-            for (var j = 0u; j < TPT; j++) {
-                n[q * TPT + j] = nbr[s * (BR * TAPS) + (br0 + q) * TAPS + t0 + j];
-                m[q * TPT + j] = 1.0;
-                if IN_MASK == 1u {
-                    m[q * TPT + j] = mask_at(n[q * TPT + j]);
+    for (var s = 0u; s < p.volume; s += SPT) {
+        // Neighbour e = (i * NBR + q) * TPT + j: site s + i's tap t0 + j of branch br0 + q.
+        var n: array<u32, SPT * NBR * TPT>;
+        var m: array<f32, SPT * NBR * TPT>;
+        for (var i = 0u; i < SPT; i++) {
+            for (var q = 0u; q < NBR; q++) {
+                for (var j = 0u; j < TPT; j++) {
+                    let e = (i * NBR + q) * TPT + j;
+                    n[e] = nbr[(s + i) * (BR * TAPS) + (br0 + q) * TAPS + t0 + j];
+                    m[e] = 1.0;
+                    if IN_MASK == 1u {
+                        m[e] = mask_at(n[e]);
+                    }
                 }
             }
         }
         for (var b = b0; b < b1; b++) {
             let xrow = (b * CIN + ci) * p.volume;
-            var v: array<f32, NBR * TPT>;
-            for (var j = 0u; j < NBR * TPT; j++) {
-                v[j] = m[j] * f32(x[xrow + n[j]]);
+            var v: array<f32, SPT * NBR * TPT>;
+            for (var e = 0u; e < SPT * NBR * TPT; e++) {
+                v[e] = m[e] * f32(x[xrow + n[e]]);
             }
             let grow = (b * COUT + co0) * p.volume + s;
-            var sw: array<u32, WORDS>;
-            var g0: array<f32, COB>;
+            var sw: array<vec4<u32>, WORDS>;
+            var g0: array<vec4<f32>, COB>;
             if SIGNS == 1u {
                 for (var w = 0u; w < WORDS; w++) {
-                    sw[w] = bits[(b * WORDS + w) * p.volume + s];
+                    sw[w] = bits_sites((b * WORDS + w) * p.volume + s);
                 }
                 // One row of dL/dy / BR for every branch (stride 0).
                 for (var co = 0u; co < COB; co++) {
-                    g0[co] = f32(gy[grow + co * p.volume]);
+                    g0[co] = gy_sites(grow + co * p.volume);
                 }
             }
             for (var q = 0u; q < NBR; q++) {
                 let br = br0 + q;
                 for (var co = 0u; co < COB; co++) {
-                    var g: f32;
+                    var g: vec4<f32>;
                     if SIGNS == 1u {
                         let k = br * COUT + co0 + co;
-                        g = g0[co] * sign_grad(sw[word_of(k)], k);
+                        for (var i = 0u; i < SPT; i++) {
+                            g[i] = g0[co][i] * sign_grad(sw[word_of(k)][i], k);
+                        }
                     } else {
-                        g = f32(gy[br * p.stride + grow + co * p.volume]);
+                        g = gy_sites(br * p.stride + grow + co * p.volume);
                     }
-                    bias[q * COB + co] += g;
-                    for (var j = 0u; j < TPT; j++) {
-                        let a = (q * COB + co) * TPT + j;
-                        acc[a] = fma(g, v[q * TPT + j], acc[a]);
+                    for (var i = 0u; i < SPT; i++) {
+                        bias[q * COB + co] += g[i];
+                        for (var j = 0u; j < TPT; j++) {
+                            let a = (q * COB + co) * TPT + j;
+                            acc[a] = fma(g[i], v[(i * NBR + q) * TPT + j], acc[a]);
+                        }
                     }
                 }
             }

@@ -117,7 +117,7 @@ const LONG: Duration = Duration::from_millis(50);
 /// not cached, so a later run measures them).
 const BUDGET: Duration = Duration::from_secs(300);
 /// The cache file's format version; another version is ignored.
-const CACHE_VERSION: u32 = 2;
+const CACHE_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize, Default)]
 struct CacheFile {
@@ -483,8 +483,12 @@ impl<'g> Tuner<'g> {
                 1 => String::new(),
                 q => format!(" x {q} branches"),
             };
+            let sites = match t.sites_per_thread {
+                1 => String::new(),
+                n => format!(" x {n} sites"),
+            };
             format!(
-                "{k}: {} samples/thread, weight gradient {} taps x {} channels{branches}/thread, \
+                "{k}: {} samples/thread, weight gradient {} taps x {} channels{branches}{sites}/thread, \
                      chunks of {} ({}{times})",
                 t.samples_per_thread,
                 t.taps_per_thread,
@@ -619,7 +623,7 @@ fn measure(
     // The largest scratch of partial sums any candidate needs (the smallest chunk).
     let mut max_partial = s.partial_len();
     if train {
-        for &(t, c, _) in &cands.weight_blocks {
+        for &(t, c, _, _) in &cands.weight_blocks {
             for chunk in ConvCandidates::chunks(&s.dims, t, c, software) {
                 let mut x = s.clone();
                 x.tiling.chunk = chunk;
@@ -722,19 +726,12 @@ fn measure(
     }
     let rule_w = time(rule, true)?;
     let mut w = (rule, rule_w);
-    let rule_block = (
-        rule.taps_per_thread,
-        rule.couts_per_thread,
-        rule.branches_per_thread,
-    );
-    for &(tpt, cob, nbr) in &cands.weight_blocks {
-        if (tpt, cob, nbr) != rule_block {
+    for &block in &cands.weight_blocks {
+        if block != rule.weight_block() {
+            let (tpt, cob, _, _) = block;
             let t = ConvTiling {
-                taps_per_thread: tpt,
-                couts_per_thread: cob,
-                branches_per_thread: nbr,
                 chunk: ConvTiling::rule_chunk(&s.dims, tpt, cob, software),
-                ..rule
+                ..rule.with_weight_block(block)
             };
             pick(&mut w, t, time(t, true)?);
         }

@@ -184,6 +184,7 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
         couts_per_thread: 1,
         chunk: 2,
         branches_per_thread: 1,
+        sites_per_thread: 1,
     };
     let mut tilings = vec![(software, true), (one, false)];
     if candidates {
@@ -446,12 +447,13 @@ fn combi_stage() {
 }
 
 /// Every tiling the tuner may choose for a combinational stage (3C1 and 3C2 on 3D L 3, batch
-/// 17: every samples-per-thread candidate, the last block partial).
+/// 17: every samples-per-thread candidate, the last block partial; 3C1 on 3D L 4, whose 64
+/// sites also give the weight gradient's candidates of 4 sites per step).
 #[test]
 fn combi_every_tuning_candidate() {
-    let st = |r, cin, cout, act, mode, in_mask, input_grad| Stage {
+    let st = |l, r, cin, cout, act, mode, in_mask, input_grad| Stage {
         nd: 3,
-        l: 3,
+        l,
         r,
         cin,
         cout,
@@ -463,9 +465,12 @@ fn combi_every_tuning_candidate() {
     let (branch, last) = (CombiAct::Branch, CombiAct::Last);
     let to_leaky = InputGrad::ToBranches(Act::Leaky);
     let stages = [
-        st(1, 1, 8, Act::Leaky, branch, true, InputGrad::AddMasked),
-        st(1, 8, 8, Act::Leaky, branch, false, to_leaky),
-        st(2, 8, 2, Act::Tanh, last, false, to_leaky),
+        st(3, 1, 1, 8, Act::Leaky, branch, true, InputGrad::AddMasked),
+        st(3, 1, 8, 8, Act::Leaky, branch, false, to_leaky),
+        st(3, 2, 8, 2, Act::Tanh, last, false, to_leaky),
+        st(4, 1, 1, 8, Act::Leaky, branch, true, InputGrad::AddMasked),
+        st(4, 1, 8, 8, Act::Leaky, branch, false, to_leaky),
+        st(4, 1, 8, 2, Act::Tanh, branch, false, to_leaky),
     ];
     for (i, c) in stages.iter().enumerate() {
         stage_tilings(c, 700 + i as u64, 17, true);
@@ -473,10 +478,10 @@ fn combi_every_tuning_candidate() {
 }
 
 /// The rule for a 3C1 stage: on a CPU adapter a weight-gradient thread holds every branch where
-/// their accumulators fit (1 -> 8, 8 -> 2), one where they would not (8 -> 8); a GPU keeps one
-/// branch per thread.
+/// their accumulators fit (1 -> 8, 8 -> 2), one where they would not (8 -> 8), and takes 4 sites
+/// per step where the volume is a multiple of 4; a GPU keeps one branch and one site per thread.
 #[test]
-fn combi_rule_branches_per_thread() {
+fn combi_rule_branches_and_sites_per_thread() {
     let dims = |cin, cout| ConvDims {
         batch: 64,
         cin,
@@ -496,6 +501,18 @@ fn combi_rule_branches_per_thread() {
         ConvTiling::for_stage(&dims(1, 8), 3, 1, true).branches_per_thread,
         1
     );
+    let sites = |volume, branches, software| {
+        let d = ConvDims {
+            volume,
+            ..dims(8, 8)
+        };
+        ConvTiling::for_stage(&d, 3, branches, software).sites_per_thread
+    };
+    assert_eq!(sites(512, 3, true), 4);
+    assert_eq!(sites(27, 3, true), 1);
+    assert_eq!(sites(512, 3, false), 1);
+    // A plain convolution keeps the rule its results were recorded with.
+    assert_eq!(sites(512, 1, true), 1);
 }
 
 /// The last stage's mean backward (combi.wgsl) against the reference, and the reference

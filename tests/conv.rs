@@ -188,6 +188,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
                         couts_per_thread: 1,
                         chunk: 2,
                         branches_per_thread: 1,
+                        sites_per_thread: 1,
                     }
                 }
             }),

@@ -138,6 +138,7 @@ fn resume_installs_recorded_tilings() {
         couts_per_thread: 1,
         chunk: 1,
         branches_per_thread: 1,
+        sites_per_thread: 1,
     };
     let record: BTreeMap<String, Choice> = conv_specs(&g, &spec)
         .iter()

@@ -129,7 +129,7 @@ pub struct Binding {
     pub name: String,
     pub binding: u32,
     pub kind: Bind,
-    /// An array of f16 (the buffer bound to it must hold f16 values).
+    /// An array of f16 or of f16 vectors (the buffer bound to it must hold f16 values).
     pub half: bool,
 }
 
@@ -256,14 +256,16 @@ pub fn bindings(
             _ => bail!("variable {name}: only uniform and storage buffers are supported"),
         };
         all.push(name.clone());
+        // An array of f16 or of vectors of f16.
+        let f16 = naga::Scalar {
+            kind: naga::ScalarKind::Float,
+            width: 2,
+        };
         let half = match module.types[g.ty].inner {
-            naga::TypeInner::Array { base, .. } => matches!(
-                module.types[base].inner,
-                naga::TypeInner::Scalar(naga::Scalar {
-                    kind: naga::ScalarKind::Float,
-                    width: 2
-                })
-            ),
+            naga::TypeInner::Array { base, .. } => match module.types[base].inner {
+                naga::TypeInner::Scalar(s) | naga::TypeInner::Vector { scalar: s, .. } => s == f16,
+                _ => false,
+            },
             _ => false,
         };
         if !uses[h].is_empty() {

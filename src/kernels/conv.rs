@@ -235,9 +235,15 @@ impl Conv {
     /// Whether `t` tiles `spec`: taps per thread a divisor of the taps, at most 25 (more than
     /// a 5 x 5 plane per thread exhausts lavapipe's private memory: 81 taps gave wrong results
     /// there, and no adapter gains from it), output channels per thread a divisor of COUT,
-    /// at least one sample per thread and per chunk.
+    /// at least one sample per thread and per chunk, 1 or 4 sites per weight-gradient step (4
+    /// where the volume, and so every row of gy and bits, splits into vec4s).
     pub fn tiling_valid(spec: &ConvSpec, t: &ConvTiling) -> bool {
         let d = &spec.dims;
+        let sites_ok = match t.sites_per_thread {
+            1 => true,
+            4 => d.volume.is_multiple_of(4) && spec.stride().is_multiple_of(4),
+            _ => false,
+        };
         (1..=25).contains(&t.taps_per_thread)
             && d.taps.is_multiple_of(t.taps_per_thread)
             && t.couts_per_thread >= 1
@@ -246,6 +252,7 @@ impl Conv {
             && t.chunk >= 1
             && t.branches_per_thread >= 1
             && spec.branches.is_multiple_of(t.branches_per_thread)
+            && sites_ok
     }
 
     /// Build the layer. If `b.params` has UNIFORM usage and the layer's slice starts at a
@@ -420,6 +427,13 @@ impl Conv {
                 ("partial", g.partial),
                 ("grads", g.grads),
                 ("hb_in", g.hb_in.filter(|_| !signs_in).unwrap_or(unused)),
+                // backward_weight's views of gy and bits by 4 sites.
+                ("gy4", g.gy),
+                (
+                    "bits4",
+                    b.hb.filter(|_| keep && signs)
+                        .unwrap_or(&gpu.dummy_storage_rw),
+                ),
             ],
         ]
         .concat();
@@ -437,7 +451,8 @@ impl Conv {
             .with("IN_MASK", spec.in_mask as u32)
             .with("TPT", spec.tiling.taps_per_thread as u32)
             .with("COB", spec.tiling.couts_per_thread as u32)
-            .with("NBR", spec.tiling.branches_per_thread as u32);
+            .with("NBR", spec.tiling.branches_per_thread as u32)
+            .with("SPT", spec.tiling.sites_per_thread as u32);
         let backward_weight = gpu
             .dispatch(
                 &bw,

@@ -1,5 +1,5 @@
 //! How each kernel family splits its work over threads, decided per adapter kind in one place:
-//! every choice here becomes a compile-time constant of a shader (`conv.wgsl`'s NB, TPT, COB;
+//! every choice here becomes a compile-time constant of a shader (`conv.wgsl`'s NB, TPT, COB, NBR, SPT;
 //! `coupling_layer.wgsl`'s WG, SPT, TPT). GPUs take one output per thread (a uniform weight
 //! load is broadcast to the warp for free); CPU adapters such as lavapipe, where every lane's
 //! load is a separate access and one workgroup runs per core, take several outputs per thread
@@ -18,6 +18,13 @@ pub const SOFTWARE_ACCUMULATORS: usize = 64;
 /// inputs). Measured on lavapipe, 32 -> 32 channels: COB 4 (12) 6.6 GFLOP/s, COB 8 (24) 8.5,
 /// COB 16 (48) 3.0 to 5.4, COB 32 (96) 3.1.
 pub const SOFTWARE_WGRAD_ACCUMULATORS: usize = 24;
+/// Sites per step of a combinational stage's weight-gradient thread on a CPU adapter: lavapipe
+/// runs each lane's load as its own scalar access, and with only 3 taps per branch these
+/// threads do few multiply-adds per load. Measured on lavapipe (3D L 8 3C1, AMD Zen 5, six
+/// interleaved rounds, median µs per call, 1 -> 4 sites): 8 -> 8 8,387 -> 4,793, 1 -> 8
+/// 2,143 -> 1,299, 8 -> 2 3,304 -> 1,621; the step 0.77x. Plain convolutions keep one site by
+/// rule (their sums' order, and so the recorded results, unchanged); `--tune` tries both.
+pub const SOFTWARE_STAGE_SITES: usize = 4;
 /// Weight-gradient threads per chunk below which a CPU adapter's threads hold fewer outputs
 /// (8: one 256-bit vector of f32 lanes).
 pub const SOFTWARE_MIN_WGRAD_THREADS: usize = 8;
@@ -62,6 +69,11 @@ pub struct ConvTiling {
     /// thread loads once for all of them. Every sum keeps its order: no effect on the numbers.
     #[serde(default = "one")]
     pub branches_per_thread: usize,
+    /// Consecutive sites per step of a backward_weight thread (SPT in conv.wgsl: 1, or 4 where
+    /// the volume is a multiple of 4): their output gradients and sign words come in one vec4
+    /// load. The order of each sum over sites and samples follows it.
+    #[serde(default = "one")]
+    pub sites_per_thread: usize,
 }
 
 fn one() -> usize {
@@ -93,6 +105,7 @@ impl ConvTiling {
             couts_per_thread: cob,
             chunk: Self::rule_chunk(dims, tpt, cob, software),
             branches_per_thread: 1,
+            sites_per_thread: 1,
         }
     }
     /// The tiling of a stage of `branches` convolutions run as one (`ConvSpec::branches`): a
@@ -102,8 +115,9 @@ impl ConvTiling {
     /// CPU adapter a weight-gradient thread holds every branch where their accumulators stay
     /// within `SOFTWARE_WGRAD_ACCUMULATORS` (3C1's 1 -> 8 and 8 -> 2 stages, not its 8 -> 8):
     /// measured on lavapipe (3D L 8 3C1, AMD Zen 5, four rounds), the 1 -> 8 weight gradient
-    /// took 2.8 against 4.1 ms per call, the 8 -> 2 one the same.
-    /// A GPU keeps one branch per thread (three times the threads).
+    /// took 2.8 against 4.1 ms per call, the 8 -> 2 one the same. There its weight-gradient
+    /// threads also take 4 sites per step (`SOFTWARE_STAGE_SITES`), where the volume allows.
+    /// A GPU keeps one branch and one site per thread (more threads).
     pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, software: bool) -> ConvTiling {
         let mut t = Self::for_adapter(dims, row, software);
         if branches > 1 {
@@ -112,6 +126,9 @@ impl ConvTiling {
                 && t.taps_per_thread * t.couts_per_thread * branches <= SOFTWARE_WGRAD_ACCUMULATORS
             {
                 t.branches_per_thread = branches;
+            }
+            if software && dims.volume.is_multiple_of(SOFTWARE_STAGE_SITES) {
+                t.sites_per_thread = SOFTWARE_STAGE_SITES;
             }
         }
         t
@@ -176,6 +193,27 @@ impl ConvTiling {
     /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
     /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
     /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
+    /// The weight-gradient thread's block: (taps, output channels, branches, sites).
+    pub fn weight_block(&self) -> (usize, usize, usize, usize) {
+        (
+            self.taps_per_thread,
+            self.couts_per_thread,
+            self.branches_per_thread,
+            self.sites_per_thread,
+        )
+    }
+
+    /// This tiling with the weight-gradient block `(taps, channels, branches, sites)`.
+    pub fn with_weight_block(&self, (tpt, cob, nbr, spt): (usize, usize, usize, usize)) -> Self {
+        ConvTiling {
+            taps_per_thread: tpt,
+            couts_per_thread: cob,
+            branches_per_thread: nbr,
+            sites_per_thread: spt,
+            ..*self
+        }
+    }
+
     pub fn rule_chunk(
         dims: &ConvDims,
         taps_per_thread: usize,
@@ -257,8 +295,8 @@ const MAX_CANDIDATE_ACCUMULATORS: usize = 72;
 pub struct ConvCandidates {
     /// Samples per thread of forward and backward_input.
     pub samples_per_thread: Vec<usize>,
-    /// (taps, output channels, branches) per weight-gradient thread.
-    pub weight_blocks: Vec<(usize, usize, usize)>,
+    /// (taps, output channels, branches, sites) per weight-gradient thread.
+    pub weight_blocks: Vec<(usize, usize, usize, usize)>,
 }
 
 impl ConvCandidates {
@@ -268,7 +306,7 @@ impl ConvCandidates {
     /// taps per thread 1 or a power of the row dividing the taps (at most 25, as
     /// `Conv::new` allows), output channels per thread a power-of-two divisor of COUT or COUT
     /// itself, branches per thread 1 or all of them, the product of the three at most
-    /// `MAX_CANDIDATE_ACCUMULATORS`. The rule's choice (`ConvTiling::for_stage`) is always
+    /// `MAX_CANDIDATE_ACCUMULATORS`; each with 1 and (where the volume allows) 4 sites per step. The rule's choice (`ConvTiling::for_stage`) is always
     /// among them.
     pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, rule: &ConvTiling) -> Self {
         let held = dims.cin.max(dims.cout) * if branches > 1 { 2 } else { 1 };
@@ -294,12 +332,19 @@ impl ConvCandidates {
         } else {
             vec![1]
         };
-        let mut blocks: Vec<(usize, usize, usize)> = vec![];
-        for &q in &nbrs {
-            for &t in &tpts {
-                for &c in &cobs {
-                    if t * c * q <= MAX_CANDIDATE_ACCUMULATORS {
-                        blocks.push((t, c, q));
+        let sites = if dims.volume.is_multiple_of(4) {
+            vec![1, 4]
+        } else {
+            vec![1]
+        };
+        let mut blocks: Vec<(usize, usize, usize, usize)> = vec![];
+        for &spt in &sites {
+            for &q in &nbrs {
+                for &t in &tpts {
+                    for &c in &cobs {
+                        if t * c * q <= MAX_CANDIDATE_ACCUMULATORS {
+                            blocks.push((t, c, q, spt));
+                        }
                     }
                 }
             }
@@ -307,11 +352,7 @@ impl ConvCandidates {
         if !nb.contains(&rule.samples_per_thread) {
             nb.push(rule.samples_per_thread);
         }
-        let r = (
-            rule.taps_per_thread,
-            rule.couts_per_thread,
-            rule.branches_per_thread,
-        );
+        let r = rule.weight_block();
         if !blocks.contains(&r) {
             blocks.push(r);
         }
@@ -335,15 +376,13 @@ impl ConvCandidates {
                 ..*rule
             })
             .collect();
-        for &(tpt, cob, nbr) in &self.weight_blocks {
+        for &block in &self.weight_blocks {
+            let (tpt, cob, _, _) = block;
             for software in [true, false] {
                 for chunk in Self::chunks(dims, tpt, cob, software) {
                     let t = ConvTiling {
-                        taps_per_thread: tpt,
-                        couts_per_thread: cob,
-                        branches_per_thread: nbr,
                         chunk,
-                        ..*rule
+                        ..rule.with_weight_block(block)
                     };
                     if !out.contains(&t) {
                         out.push(t);
