@@ -488,8 +488,8 @@ impl<'g> Tuner<'g> {
                 n => format!(" x {n} sites"),
             };
             format!(
-                "{k}: {} samples/thread, weight gradient {} taps x {} channels{branches}{sites}/thread, \
-                     chunks of {} ({}{times})",
+                "{k}: {} samples/thread, weight gradient {} taps x {} \
+                     channels{branches}{sites}/thread, chunks of {} ({}{times})",
                 t.samples_per_thread,
                 t.taps_per_thread,
                 t.couts_per_thread,

@@ -386,6 +386,9 @@ impl Conv {
             .with("IN_MASK", spec.in_mask as u32);
         // hb and hb_in are bound to a placeholder where the specialisation does not use them.
         let unused = &gpu.dummy_storage;
+        let bits =
+            b.hb.filter(|_| keep && signs)
+                .unwrap_or(&gpu.dummy_storage_rw);
         let forward_buffers = [
             ("params", b.params),
             ("nbr", nbr),
@@ -394,11 +397,7 @@ impl Conv {
             ("y", b.y),
             ("wu", &wu),
             ("hb", b.hb.filter(|_| keep && !signs).unwrap_or(unused)),
-            (
-                "bits",
-                b.hb.filter(|_| keep && signs)
-                    .unwrap_or(&gpu.dummy_storage_rw),
-            ),
+            ("bits", bits),
         ];
         // Work models: 2 flops per multiply-add; each tensor touched once.
         let f = 4.0;
@@ -429,11 +428,7 @@ impl Conv {
                 ("hb_in", g.hb_in.filter(|_| !signs_in).unwrap_or(unused)),
                 // backward_weight's views of gy and bits by 4 sites.
                 ("gy4", g.gy),
-                (
-                    "bits4",
-                    b.hb.filter(|_| keep && signs)
-                        .unwrap_or(&gpu.dummy_storage_rw),
-                ),
+                ("bits4", bits),
             ],
         ]
         .concat();

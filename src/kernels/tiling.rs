@@ -188,11 +188,6 @@ impl ConvTiling {
             .unwrap_or(1)
     }
 
-    /// Samples per chunk of the weight-gradient sums, whose threads (CIN * TAPS / TPT *
-    /// COUT / COB per chunk) each sum over a chunk. A GPU wants about 16k threads; a CPU
-    /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
-    /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
-    /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
     /// The weight-gradient thread's block: (taps, output channels, branches, sites).
     pub fn weight_block(&self) -> (usize, usize, usize, usize) {
         (
@@ -214,6 +209,11 @@ impl ConvTiling {
         }
     }
 
+    /// Samples per chunk of the weight-gradient sums, whose threads (CIN * TAPS / TPT *
+    /// COUT / COB per chunk) each sum over a chunk. A GPU wants about 16k threads; a CPU
+    /// adapter runs one workgroup per core, and there the fewest, longest chunks that still
+    /// give every core one are fastest (measured on lavapipe, 2 cores: 2 chunks 9.5 ms per
+    /// step for the 8 -> 8 layers, 1 chunk 17.8 ms, 32 chunks 17.7 ms).
     pub fn rule_chunk(
         dims: &ConvDims,
         taps_per_thread: usize,
@@ -306,8 +306,8 @@ impl ConvCandidates {
     /// taps per thread 1 or a power of the row dividing the taps (at most 25, as
     /// `Conv::new` allows), output channels per thread a power-of-two divisor of COUT or COUT
     /// itself, branches per thread 1 or all of them, the product of the three at most
-    /// `MAX_CANDIDATE_ACCUMULATORS`; each with 1 and (where the volume allows) 4 sites per step. The rule's choice (`ConvTiling::for_stage`) is always
-    /// among them.
+    /// `MAX_CANDIDATE_ACCUMULATORS`; each with 1 and (where the volume allows) 4 sites per
+    /// step. The rule's choice (`ConvTiling::for_stage`) is always among them.
     pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, rule: &ConvTiling) -> Self {
         let held = dims.cin.max(dims.cout) * if branches > 1 { 2 } else { 1 };
         let mut nb: Vec<usize> = (0..5)
