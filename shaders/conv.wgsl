@@ -463,3 +463,361 @@ fn reduce_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     grads[p.w_off + w] = acc * p.unscale;
 }
+
+// forward4 and backward_input4: `forward` and `backward_input` with 4 consecutive sites of a
+// row of the last (fastest) lattice axis per thread, for lattices whose extent L along it is a
+// multiple of 4. A CPU adapter runs every lane's storage load as its own scalar access; a
+// vec4 load costs one. A tap's 4 values lie in at most two adjacent blocks of its row (the
+// thread's own block and its periodic neighbours), so each (tap, channel, sample) takes two
+// vec4 loads where `forward` takes four scalar ones (one where the tap's offset along the row
+// is 0). Each output's sum runs over the branches, taps and channels in the order the
+// one-site entry points take it, so the results are bitwise theirs. (Holding a row's three
+// blocks for every channel, to load each once, measured slower for 8 channels on lavapipe:
+// the per-channel arrays are indexed by a loop the compiler does not unroll.)
+//
+// `rows[(block * BR + br) * TAPS + t]`: the vec4 index of the block at the thread's position
+// along the last axis in the row that holds branch br's tap t (the tap's offset on the other
+// axes). XSPAN bit br: branch br's taps span the last axis (rows of KX taps, offsets -RX..RX
+// along it, row-major as the weights); a branch without it has offset 0 there on every tap.
+const XB: u32 = 2u;
+const KX: u32 = 3u;
+const XSPAN: u32 = 1u;
+const RX: u32 = KX / 2u;
+
+@group(0) @binding(16) var<storage, read> rows: array<u32>;
+@group(0) @binding(17) var<storage, read> x4: array<vec4<XS>>;
+@group(0) @binding(18) var<storage, read_write> y4: array<vec4<YS>>;
+@group(0) @binding(19) var<storage, read_write> gx4: array<vec4<XS>>;
+@group(0) @binding(20) var<storage, read_write> hb4: array<vec4<YS>>;
+@group(0) @binding(21) var<storage, read> hb_in4: array<vec4<XS>>;
+
+// The thread's block and first sample from one flat index over (samples / NB, blocks), so a
+// workgroup of a small lattice holds several samples' blocks: (block, first sample).
+fn block_and_sample(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
+    let id = (wid.y * nwg.x + wid.x) * WG + lid;
+    let nblk = p.volume >> 2u;
+    // One division per thread, outside every loop.
+    let sg = id / nblk;
+    return vec2<u32>(id - sg * nblk, sg * NB);
+}
+
+// The blocks before and after block c in its row, periodically (bx: the thread's position in
+// the row, in blocks).
+fn row_prev(c: u32, bx: u32) -> u32 {
+    return select(c - 1u, c + XB - 1u, bx == 0u);
+}
+fn row_next(c: u32, bx: u32) -> u32 {
+    return select(c + 1u, c + 1u - XB, bx == XB - 1u);
+}
+
+// The checkerboard mask of the 4 sites from site s (s even: the parity alternates along the row).
+fn mask4(s: u32) -> vec4<f32> {
+    let m = parity_tbl[s] ^ p.parity;
+    return vec4<f32>(f32(m), f32(m ^ 1u), f32(m), f32(m ^ 1u));
+}
+
+// (a[s..4], b[0..s]) for s in 0..3 (uniform): 4 consecutive values of two adjacent blocks.
+fn shift4(a: vec4<f32>, b: vec4<f32>, s: u32) -> vec4<f32> {
+    var r = select(a, vec4<f32>(a.yzw, b.x), s == 1u);
+    r = select(r, vec4<f32>(a.zw, b.xy), s == 2u);
+    return select(r, vec4<f32>(a.w, b.xyz), s == 3u);
+}
+
+fn shift4u(a: vec4<u32>, b: vec4<u32>, s: u32) -> vec4<u32> {
+    var r = select(a, vec4<u32>(a.yzw, b.x), s == 1u);
+    r = select(r, vec4<u32>(a.zw, b.xy), s == 2u);
+    return select(r, vec4<u32>(a.w, b.xyz), s == 3u);
+}
+
+fn activate4(v: vec4<f32>, act: u32) -> vec4<f32> {
+    return vec4<f32>(activate(v.x, act), activate(v.y, act), activate(v.z, act), activate(v.w, act));
+}
+
+fn activate_grad4(v: vec4<f32>, act: u32) -> vec4<f32> {
+    return vec4<f32>(
+        activate_grad(v.x, act),
+        activate_grad(v.y, act),
+        activate_grad(v.z, act),
+        activate_grad(v.w, act)
+    );
+}
+
+// act' of branch k's output at 4 sites from their sign words.
+fn sign_grad4(words: vec4<u32>, k: u32) -> vec4<f32> {
+    return vec4<f32>(
+        sign_grad(words.x, k),
+        sign_grad(words.y, k),
+        sign_grad(words.z, k),
+        sign_grad(words.w, k)
+    );
+}
+
+@compute @workgroup_size(WG)
+fn forward4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let bs = block_and_sample(wid, nwg, lid);
+    let g = bs.x;
+    let b0 = bs.y;
+    if b0 >= p.batch {
+        return;
+    }
+    let nblk = p.volume >> 2u;
+    let bx = g % XB;
+    var acc: array<vec4<f32>, NB * COUT>;
+    var mean: array<vec4<f32>, NB * COUT>;
+    var sb: array<vec4<u32>, NB * WORDS>;
+    // Each sample's first block of x.
+    var xb: array<u32, NB>;
+    for (var j = 0u; j < NB; j++) {
+        xb[j] = min(b0 + j, p.batch - 1u) * CIN * nblk;
+    }
+    for (var br = 0u; br < BR; br++) {
+        let wb = br * WSTRIDE;
+        for (var co = 0u; co < COUT; co++) {
+            let bias = weight(wb + COUT * CIN * TAPS + co);
+            for (var j = 0u; j < NB; j++) {
+                acc[j * COUT + co] = vec4<f32>(bias);
+            }
+        }
+        let rb = (g * BR + br) * TAPS;
+        if ((XSPAN >> br) & 1u) == 1u {
+            for (var r = 0u; r < TAPS; r += KX) {
+                let c = rows[rb + r];
+                let cb = vec3<u32>(row_prev(c, bx), c, row_next(c, bx));
+                var mc = vec4<f32>(1.0);
+                if IN_MASK == 1u {
+                    mc = mask4(c << 2u);
+                }
+                for (var dx = 0u; dx < KX; dx++) {
+                    let t = r + dx;
+                    // The tap's 4 values (sites x0 + dx - RX ..) start at element e of the
+                    // row's blocks (prev, own, next): block q, component sh.
+                    let e = dx + 4u - RX;
+                    let q = e >> 2u;
+                    let sh = e & 3u;
+                    let ia = select(select(cb.x, cb.y, q == 1u), cb.z, q == 2u);
+                    let ib = select(cb.y, cb.z, q >= 1u);
+                    // The mask alternates along the row: an odd shift swaps its phases.
+                    let mk = select(mc, mc.yxwz, (e & 1u) == 1u);
+                    for (var ci = 0u; ci < CIN; ci++) {
+                        var v: array<vec4<f32>, NB>;
+                        for (var j = 0u; j < NB; j++) {
+                            let o = xb[j] + ci * nblk;
+                            v[j] = mk * shift4(vec4<f32>(x4[o + ia]), vec4<f32>(x4[o + ib]), sh);
+                        }
+                        let w = wb + ci * TAPS + t;
+                        for (var co = 0u; co < COUT; co++) {
+                            let wv = vec4<f32>(weight(w + co * (CIN * TAPS)));
+                            for (var j = 0u; j < NB; j++) {
+                                acc[j * COUT + co] = fma(wv, v[j], acc[j * COUT + co]);
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            for (var t = 0u; t < TAPS; t++) {
+                let c = rows[rb + t];
+                var m = vec4<f32>(1.0);
+                if IN_MASK == 1u {
+                    m = mask4(c << 2u);
+                }
+                for (var ci = 0u; ci < CIN; ci++) {
+                    var v: array<vec4<f32>, NB>;
+                    for (var j = 0u; j < NB; j++) {
+                        v[j] = m * vec4<f32>(x4[xb[j] + ci * nblk + c]);
+                    }
+                    let w = wb + ci * TAPS + t;
+                    for (var co = 0u; co < COUT; co++) {
+                        let wv = vec4<f32>(weight(w + co * (CIN * TAPS)));
+                        for (var j = 0u; j < NB; j++) {
+                            acc[j * COUT + co] = fma(wv, v[j], acc[j * COUT + co]);
+                        }
+                    }
+                }
+            }
+        }
+        if BR > 1u {
+            for (var j = 0u; j < NB; j++) {
+                let b = b0 + j;
+                for (var co = 0u; co < COUT; co++) {
+                    var h = acc[j * COUT + co];
+                    if AFTER == 1u {
+                        h = activate4(h, ACT);
+                    }
+                    if br == 0u {
+                        mean[j * COUT + co] = h;
+                    } else {
+                        mean[j * COUT + co] += h;
+                    }
+                    if KEEP == 1u && b < p.batch {
+                        if SIGNS == 1u {
+                            let k = br * COUT + co;
+                            let bit = vec4<u32>(1u << (k & 31u));
+                            sb[j * WORDS + word_of(k)] |= select(vec4<u32>(0u), bit, h > vec4<f32>(0.0));
+                        } else {
+                            hb4[((br * p.stride) >> 2u) + (b * COUT + co) * nblk + g] = vec4<YS>(h);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (var j = 0u; j < NB; j++) {
+        let b = b0 + j;
+        if b < p.batch {
+            for (var co = 0u; co < COUT; co++) {
+                var out = activate4(acc[j * COUT + co], ACT);
+                if BR > 1u {
+                    out = mean[j * COUT + co] * INV;
+                    if AFTER == 0u {
+                        out = activate4(out, ACT);
+                    }
+                }
+                y4[(b * COUT + co) * nblk + g] = vec4<YS>(out);
+            }
+            if KEEP == 1u && SIGNS == 1u {
+                for (var w = 0u; w < WORDS; w++) {
+                    bits4[(b * WORDS + w) * nblk + g] = sb[j * WORDS + w];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward_input4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let bs = block_and_sample(wid, nwg, lid);
+    let g = bs.x;
+    let b0 = bs.y;
+    if b0 >= p.batch {
+        return;
+    }
+    let nblk = p.volume >> 2u;
+    let bx = g % XB;
+    var acc: array<vec4<f32>, NB * CIN>;
+    // Each sample's first block of gy and of its sign words.
+    var gb: array<u32, NB>;
+    var sbase: array<u32, NB>;
+    for (var j = 0u; j < NB; j++) {
+        gb[j] = min(b0 + j, p.batch - 1u) * COUT * nblk;
+        sbase[j] = min(b0 + j, p.batch - 1u) * WORDS * nblk;
+        for (var ci = 0u; ci < CIN; ci++) {
+            acc[j * CIN + ci] = vec4<f32>(0.0);
+        }
+    }
+    for (var br = 0u; br < BR; br++) {
+        let wb = br * WSTRIDE;
+        let gbr = (br * p.stride) >> 2u;
+        // rows[rb - t]: the row of tap TAPS - 1 - t, whose offset is minus tap t's.
+        let rb = (g * BR + br) * TAPS + TAPS - 1u;
+        if ((XSPAN >> br) & 1u) == 1u {
+            for (var r = 0u; r < TAPS; r += KX) {
+                let c = rows[rb - r];
+                let cb = vec3<u32>(row_prev(c, bx), c, row_next(c, bx));
+                for (var dx = 0u; dx < KX; dx++) {
+                    let t = r + dx;
+                    // Tap t's offset along the row is dx - RX: site x0 + i reads x0 + i + RX - dx,
+                    // element RX + 4 - dx + i of the row's blocks (prev, own, next).
+                    let e = RX + 4u - dx;
+                    let q = e >> 2u;
+                    let sh = e & 3u;
+                    let ia = select(select(cb.x, cb.y, q == 1u), cb.z, q == 2u);
+                    let ib = select(cb.y, cb.z, q >= 1u);
+                    var sw: array<vec4<u32>, NB * WORDS>;
+                    if SIGNS == 1u {
+                        for (var j = 0u; j < NB; j++) {
+                            for (var w = 0u; w < WORDS; w++) {
+                                let o = sbase[j] + w * nblk;
+                                sw[j * WORDS + w] = shift4u(bits4[o + ia], bits4[o + ib], sh);
+                            }
+                        }
+                    }
+                    for (var co = 0u; co < COUT; co++) {
+                        var gv: array<vec4<f32>, NB>;
+                        for (var j = 0u; j < NB; j++) {
+                            let o = gbr + gb[j] + co * nblk;
+                            gv[j] = shift4(vec4<f32>(gy4[o + ia]), vec4<f32>(gy4[o + ib]), sh);
+                            if SIGNS == 1u {
+                                let k = br * COUT + co;
+                                gv[j] *= sign_grad4(sw[j * WORDS + word_of(k)], k);
+                            }
+                        }
+                        let w = wb + co * (CIN * TAPS) + t;
+                        for (var ci = 0u; ci < CIN; ci++) {
+                            let wv = vec4<f32>(weight(w + ci * TAPS));
+                            for (var j = 0u; j < NB; j++) {
+                                acc[j * CIN + ci] = fma(wv, gv[j], acc[j * CIN + ci]);
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            for (var t = 0u; t < TAPS; t++) {
+                let c = rows[rb - t];
+                var sw: array<vec4<u32>, NB * WORDS>;
+                if SIGNS == 1u {
+                    for (var j = 0u; j < NB; j++) {
+                        for (var w = 0u; w < WORDS; w++) {
+                            sw[j * WORDS + w] = bits4[sbase[j] + w * nblk + c];
+                        }
+                    }
+                }
+                for (var co = 0u; co < COUT; co++) {
+                    var gv: array<vec4<f32>, NB>;
+                    for (var j = 0u; j < NB; j++) {
+                        gv[j] = vec4<f32>(gy4[gbr + gb[j] + co * nblk + c]);
+                        if SIGNS == 1u {
+                            let k = br * COUT + co;
+                            gv[j] *= sign_grad4(sw[j * WORDS + word_of(k)], k);
+                        }
+                    }
+                    let w = wb + co * (CIN * TAPS) + t;
+                    for (var ci = 0u; ci < CIN; ci++) {
+                        let wv = vec4<f32>(weight(w + ci * TAPS));
+                        for (var j = 0u; j < NB; j++) {
+                            acc[j * CIN + ci] = fma(wv, gv[j], acc[j * CIN + ci]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (var j = 0u; j < NB; j++) {
+        let b = b0 + j;
+        if b < p.batch {
+            for (var ci = 0u; ci < CIN; ci++) {
+                let i = (b * CIN + ci) * nblk + g;
+                let a = acc[j * CIN + ci];
+                if MODE == 0u {
+                    gx4[i] = vec4<XS>(a);
+                } else if MODE == 1u {
+                    gx4[i] = vec4<XS>(a * activate_grad4(vec4<f32>(x4[i]), ACT_IN));
+                } else if MODE == 2u {
+                    gx4[i] = vec4<XS>(vec4<f32>(gx4[i]) + a * mask4(g << 2u));
+                } else {
+                    let gr = a * INV;
+                    if SIGNS_IN == 1u {
+                        gx4[i] = vec4<XS>(gr);
+                    } else if AFTER == 1u {
+                        var k = i;
+                        for (var br = 0u; br < BR; br++) {
+                            gx4[k] = vec4<XS>(gr * activate_grad4(vec4<f32>(hb_in4[k]), ACT_IN));
+                            k += p.stride_in >> 2u;
+                        }
+                    } else {
+                        gx4[i] = vec4<XS>(gr * activate_grad4(vec4<f32>(x4[i]), ACT_IN));
+                    }
+                }
+            }
+        }
+    }
+}

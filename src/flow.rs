@@ -111,6 +111,49 @@ impl Taps {
         }
     }
 
+    /// Bit b set where tap set b (of `Branches`; bit 0 for a single set) spans the last
+    /// lattice axis: its taps then come in rows of `row()` along it, offsets -row/2..=row/2
+    /// (the last axis is the fastest of the weights' too); the others' taps all have offset 0
+    /// there. conv.wgsl's XSPAN.
+    pub fn spans_last_axis(&self, nd: usize) -> u32 {
+        match self {
+            Taps::Window { .. } => 1,
+            Taps::Axes { axes, .. } => axes.contains(&(nd - 1)) as u32,
+            Taps::Branches(sets) => sets
+                .iter()
+                .enumerate()
+                .map(|(b, s)| s.spans_last_axis(nd) << b)
+                .sum(),
+        }
+    }
+
+    /// `rows[block * count + t]`, for a lattice whose extent is a multiple of 4: the vec4 index
+    /// (site / 4) of the block of 4 sites at `block`'s position along the last axis, in the
+    /// row holding tap t's neighbours (the tap's offset with its last component set to 0).
+    /// conv.wgsl's forward4 and backward_input4 read a row's window from there.
+    pub fn row_table(&self, lattice: &Lattice) -> Vec<u32> {
+        assert!(
+            lattice.l.is_multiple_of(4),
+            "rows of 4-site blocks need L % 4 == 0"
+        );
+        let last = lattice.nd - 1;
+        let offsets: Vec<Vec<i64>> = self
+            .offsets(lattice.nd)
+            .into_iter()
+            .map(|mut o| {
+                o[last] = 0;
+                o
+            })
+            .collect();
+        let mut t = Vec::with_capacity(lattice.volume() / 4 * offsets.len());
+        for block in 0..lattice.volume() / 4 {
+            for o in &offsets {
+                t.push((lattice.shift(4 * block, o) / 4) as u32);
+            }
+        }
+        t
+    }
+
     /// `table[site * count + t]` = the site at tap t's offset from `site`.
     pub fn table(&self, lattice: &Lattice) -> Vec<u32> {
         let offsets = self.offsets(lattice.nd);

@@ -429,6 +429,7 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         taps: c.n_taps,
         cin: c.cin,
         cout: c.cout,
+        extent: spec.flow.lattice.l,
     };
     let input_grad = match (j, l, net.coupling) {
         // Layer 0's input is the prior sample: nothing to differentiate; an inference tape

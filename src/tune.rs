@@ -116,8 +116,9 @@ const LONG: Duration = Duration::from_millis(50);
 /// Measuring stops once this much time has gone (the remaining kernels keep the rule and are
 /// not cached, so a later run measures them).
 const BUDGET: Duration = Duration::from_secs(300);
-/// The cache file's format version; another version is ignored.
-const CACHE_VERSION: u32 = 3;
+/// The cache file's format version; another version is ignored (4: choices made with 4-site
+/// forward and backward_input candidates, `ConvTiling::forward_sites`).
+const CACHE_VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize, Default)]
 struct CacheFile {
@@ -487,8 +488,12 @@ impl<'g> Tuner<'g> {
                 1 => String::new(),
                 n => format!(" x {n} sites"),
             };
+            let fsites = match t.forward_sites {
+                1 => String::new(),
+                n => format!(" x {n} sites"),
+            };
             format!(
-                "{k}: {} samples/thread, weight gradient {} taps x {} \
+                "{k}: {} samples{fsites}/thread, weight gradient {} taps x {} \
                      channels{branches}{sites}/thread, chunks of {} ({}{times})",
                 t.samples_per_thread,
                 t.taps_per_thread,
@@ -710,13 +715,13 @@ fn measure(
     };
 
     let rule_fwd = time(rule, false)?;
+    if log {
+        eprintln!("{} (rule {rule:?}: {:.0} µs)", s.tune_key(), rule_fwd * 1e6);
+    }
     let mut fwd = (rule, rule_fwd);
-    for &nb in &cands.samples_per_thread {
-        if nb != rule.samples_per_thread {
-            let t = ConvTiling {
-                samples_per_thread: nb,
-                ..rule
-            };
+    for &block in &cands.forward_blocks {
+        if block != rule.forward_block() {
+            let t = rule.with_forward_block(block);
             pick(&mut fwd, t, time(t, false)?);
         }
     }
@@ -744,10 +749,7 @@ fn measure(
         }
     }
     let (w_t, rule_w, best_w) = confirm((rule, rule_w), w, true)?;
-    let chosen = ConvTiling {
-        samples_per_thread: nb_t.samples_per_thread,
-        ..w_t
-    };
+    let chosen = w_t.with_forward_block(nb_t.forward_block());
     Ok((chosen, rule_fwd + rule_w, best_fwd + best_w))
 }
 

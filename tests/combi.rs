@@ -64,6 +64,7 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
         taps,
         cin: c.cin,
         cout: c.cout,
+        extent: c.l,
     };
     let np = dims.n_params();
     let w_stride = np.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
@@ -185,6 +186,7 @@ fn stage_typed(c: &Stage, seed: u64, batch: usize, candidates: bool, types: [Pre
         chunk: 2,
         branches_per_thread: 1,
         sites_per_thread: 1,
+        forward_sites: 1,
     };
     let mut tilings = vec![(software, true), (one, false)];
     if candidates {
@@ -488,6 +490,7 @@ fn combi_rule_branches_and_sites_per_thread() {
         cout,
         volume: 512,
         taps: 3,
+        extent: 8,
     };
     let nbr = |cin, cout, software| {
         ConvTiling::for_stage(&dims(cin, cout), 3, 3, software).branches_per_thread

@@ -90,6 +90,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
         taps,
         cin: c.cin,
         cout: c.cout,
+        extent: c.l,
     };
     let label = format!(
         "conv Nd={} L={} {:?} {}->{} {:?}{} {:?}",
@@ -149,18 +150,49 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
     // aligned for it, w_off = 5 is not).
     let lb = LatticeBuffers::new(g, lat, std::slice::from_ref(&window)).unwrap();
     let rule = ConvTiling::for_adapter(&dims, c.k, true);
-    let mut tilings: Vec<(Option<ConvTiling>, usize, usize, bool)> = vec![
-        (None, 1, 5, false),
-        (None, 2, 64, true),
-        (None, 1, 64, true),
-    ];
+    // Weight-gradient threads of one tap and one output channel (weights through storage),
+    // then the tiling of a CPU adapter (a row of taps; wide layers in blocks of output
+    // channels); two chunks for batch 3, the last one partial.
+    let plain = |nb| ConvTiling {
+        samples_per_thread: nb,
+        taps_per_thread: 1,
+        couts_per_thread: 1,
+        chunk: 2,
+        branches_per_thread: 1,
+        sites_per_thread: 1,
+        forward_sites: 1,
+    };
+    let cpu = |nb| ConvTiling {
+        samples_per_thread: nb,
+        chunk: 2,
+        ..rule
+    };
+    let mut tilings: Vec<(ConvTiling, usize, bool)> =
+        vec![(plain(1), 5, false), (cpu(2), 64, true), (cpu(1), 64, true)];
     if candidates {
         let cands = ConvCandidates::for_stage(&dims, c.k, 1, &rule);
         for t in cands.every_tiling(&dims, &rule) {
-            tilings.push((Some(t), t.samples_per_thread, 64, true));
+            tilings.push((t, 64, true));
         }
     }
-    for (candidate, nb, w_off, ubo) in tilings {
+    // Where rows split into 4-site blocks, each of those with 1 and with 4 sites per forward
+    // and backward_input thread, whose outputs must be bitwise the same.
+    if ConvTiling::forward_sites_fit(&dims, c.k) {
+        for i in 0..tilings.len() {
+            let (t, w_off, ubo) = tilings[i];
+            let other = ConvTiling {
+                forward_sites: 5 - t.forward_sites,
+                ..t
+            };
+            if !tilings.contains(&(other, w_off, ubo)) {
+                tilings.push((other, w_off, ubo));
+            }
+        }
+    }
+    // (tiling, w_off, ubo) -> the forward's and backward_input's outputs, as bits.
+    type Run = (ConvTiling, usize, bool);
+    let mut outputs: Vec<(Run, Vec<u32>, Vec<u32>)> = vec![];
+    for (tiling, w_off, ubo) in tilings {
         let spec = ConvSpec {
             dims,
             taps: window.clone(),
@@ -174,24 +206,7 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             combi_act: CombiAct::Branch,
             precision: tout,
             loss_scale: 1.0,
-            tiling: candidate.unwrap_or(ConvTiling {
-                chunk: 2, // two chunks for batch 3: the last one partial
-                samples_per_thread: nb,
-                // Weight-gradient threads of one tap and one output channel, then the tiling
-                // of a CPU adapter (a row of taps; wide layers in blocks of output channels).
-                ..if ubo {
-                    rule
-                } else {
-                    ConvTiling {
-                        samples_per_thread: nb,
-                        taps_per_thread: 1,
-                        couts_per_thread: 1,
-                        chunk: 2,
-                        branches_per_thread: 1,
-                        sites_per_thread: 1,
-                    }
-                }
-            }),
+            tiling,
         };
         let bufs = (
             {
@@ -263,11 +278,34 @@ fn run_typed(c: &Case, seed: u64, batch: usize, candidates: bool, types: [Precis
             &gw_ref,
             4.0 * (batch * v) as f64 * U,
         );
+        let gx = read(&bufs.5);
         check(
             &format!("{label} backward_input"),
-            &read(&bufs.5),
+            &gx,
             &gx_ref,
             4.0 * (c.cout * taps + 1) as f64 * U + store_rounding(tin),
+        );
+        let bits = |v: &[f64]| {
+            v.iter()
+                .map(|&f| (f as f32).to_bits())
+                .collect::<Vec<u32>>()
+        };
+        outputs.push(((tiling, w_off, ubo), bits(&read(&bufs.3)), bits(&gx)));
+    }
+    for ((t, w_off, ubo), y, gx) in outputs.iter().filter(|o| o.0.0.forward_sites == 4) {
+        let one = ConvTiling {
+            forward_sites: 1,
+            ..*t
+        };
+        let (_, y1, gx1) = outputs
+            .iter()
+            .find(|o| o.0 == (one, *w_off, *ubo))
+            .expect("the one-site run of each 4-site tiling");
+        assert!(
+            y == y1 && gx == gx1,
+            "{label}: 4 sites per thread ({t:?}) changed the forward ({}) or backward_input ({})",
+            y != y1,
+            gx != gx1
         );
     }
 
@@ -385,6 +423,8 @@ fn net_over(nd: usize, l: usize, k: usize, axes: Option<Vec<usize>>, seed: u64) 
 fn conv_1d() {
     net(1, 8, 3, 100);
     net(1, 6, 5, 110);
+    // Taps 4 sites either side: the widest window of 4-site blocks (3 blocks, 12 sites).
+    net(1, 8, 9, 120);
 }
 
 #[test]
@@ -394,6 +434,9 @@ fn conv_2d() {
     // A pointwise kernel, and one wider than the lattice (taps alias the same sites).
     net(2, 4, 1, 220);
     net(2, 4, 5, 230);
+    // Rows of 2 and 3 blocks of 4 sites (their periodic neighbours are other blocks).
+    net(2, 8, 5, 240);
+    net(2, 12, 3, 250);
 }
 
 /// Wide layers: the accumulators of one thread (NB x channels, taps x channels) are large.
@@ -461,6 +504,8 @@ fn conv_axis_windows() {
     net_over(2, 4, 3, Some(vec![1]), 600);
     net_over(3, 4, 3, Some(vec![0, 2]), 610);
     net_over(3, 4, 5, Some(vec![2]), 620);
+    // Off the last axis: every tap's row is its own (offset 0 along it).
+    net_over(3, 8, 3, Some(vec![1]), 640);
     net_over(4, 3, 3, Some(vec![1]), 630);
     net_over(4, 3, 3, Some(vec![0, 1, 3]), 640);
 }
@@ -533,4 +578,26 @@ fn conv_f16_storage() {
     }
     let branch = stage(3, 4, Some(vec![1]), 8, 8, Act::Leaky, InputGrad::Write);
     run_typed(&branch, 750, 3, false, [F16, F16]);
+}
+
+/// The rule's forward block: on a CPU adapter 4 sites of a row per thread where L is a multiple
+/// of 4 (with samples per thread so that NB x 4 sites x channels stays at 64 accumulators), one
+/// site elsewhere and on GPUs.
+#[test]
+fn conv_rule_forward_sites() {
+    let dims = |cin, cout, extent| ConvDims {
+        batch: 64,
+        volume: extent * extent,
+        taps: 9,
+        cin,
+        cout,
+        extent,
+    };
+    let block = |d: &ConvDims, k, software| ConvTiling::for_adapter(d, k, software).forward_block();
+    assert_eq!(block(&dims(8, 8, 8), 3, true), (2, 4));
+    assert_eq!(block(&dims(1, 8, 8), 3, true), (2, 4));
+    assert_eq!(block(&dims(8, 2, 16), 3, true), (2, 4));
+    assert_eq!(block(&dims(8, 8, 6), 3, true), (8, 1));
+    assert_eq!(block(&dims(8, 8, 8), 11, true), (8, 1));
+    assert_eq!(block(&dims(8, 8, 8), 3, false), (1, 1));
 }

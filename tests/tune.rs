@@ -139,6 +139,7 @@ fn resume_installs_recorded_tilings() {
         chunk: 1,
         branches_per_thread: 1,
         sites_per_thread: 1,
+        forward_sites: 1,
     };
     let record: BTreeMap<String, Choice> = conv_specs(&g, &spec)
         .iter()

@@ -19,6 +19,9 @@ pub struct ConvDims {
     pub taps: usize,
     pub cin: usize,
     pub cout: usize,
+    /// Sites along the lattice's last (fastest) axis, L: where it is a multiple of 4, forward
+    /// and backward_input can take 4 consecutive sites per thread (`ConvTiling::forward_sites`).
+    pub extent: usize,
 }
 
 impl ConvDims {
@@ -236,12 +239,19 @@ impl Conv {
     /// a 5 x 5 plane per thread exhausts lavapipe's private memory: 81 taps gave wrong results
     /// there, and no adapter gains from it), output channels per thread a divisor of COUT,
     /// at least one sample per thread and per chunk, 1 or 4 sites per weight-gradient step (4
-    /// where the volume, and so every row of gy and bits, splits into vec4s).
+    /// where the volume, and so every row of gy and bits, splits into vec4s), 1 or 4 sites per
+    /// forward and backward_input thread (4 where L is a multiple of 4 and a row of taps, odd,
+    /// reaches at most 4 sites either side: its window is 3 blocks of 4).
     pub fn tiling_valid(spec: &ConvSpec, t: &ConvTiling) -> bool {
         let d = &spec.dims;
         let sites_ok = match t.sites_per_thread {
             1 => true,
             4 => d.volume.is_multiple_of(4) && spec.stride().is_multiple_of(4),
+            _ => false,
+        };
+        let rows_ok = match t.forward_sites {
+            1 => true,
+            4 => ConvTiling::forward_sites_fit(d, spec.taps.row()),
             _ => false,
         };
         (1..=25).contains(&t.taps_per_thread)
@@ -253,6 +263,7 @@ impl Conv {
             && t.branches_per_thread >= 1
             && spec.branches.is_multiple_of(t.branches_per_thread)
             && sites_ok
+            && rows_ok
     }
 
     /// Build the layer. If `b.params` has UNIFORM usage and the layer's slice starts at a
@@ -262,7 +273,10 @@ impl Conv {
         let d = spec.dims;
         let nbr = b.lattice.table(&spec.taps)?;
         let nd = b.lattice.lattice.nd;
-        if d.taps * spec.branches != spec.taps.count(nd) || d.volume != b.lattice.lattice.volume() {
+        if d.taps * spec.branches != spec.taps.count(nd)
+            || d.volume != b.lattice.lattice.volume()
+            || d.extent != b.lattice.lattice.l
+        {
             bail!("convolution {d:?} does not match the lattice tables");
         }
         if spec.branches > 1 && spec.w_stride < d.n_params() {
@@ -368,19 +382,48 @@ impl Conv {
             _pad: [0; 2],
         };
         let u = Some(bytemuck::bytes_of(&uniform));
-        let site_groups = [
-            groups_for(d.volume, WG as usize),
-            d.batch.div_ceil(spec.tiling.samples_per_thread) as u32,
-            1,
-        ];
+        let four = spec.tiling.forward_sites == 4;
+        let site_groups = if four {
+            // One thread per (block of 4 sites, NB samples), numbered flat over as many rows
+            // of the grid as the per-dimension limit needs (forward4 reads num_workgroups).
+            let n = groups_for(
+                d.volume / 4 * d.batch.div_ceil(spec.tiling.samples_per_thread),
+                WG as usize,
+            );
+            let per_row = n.min(gpu.limits.max_compute_workgroups_per_dimension);
+            [per_row, n.div_ceil(per_row), 1]
+        } else {
+            [
+                groups_for(d.volume, WG as usize),
+                d.batch.div_ceil(spec.tiling.samples_per_thread) as u32,
+                1,
+            ]
+        };
         let l = b.lattice;
+        // forward4 and backward_input4 (4 sites per thread): their entry points, the row
+        // table in place of the neighbour table, and the row geometry.
+        let gather = |entry: &'static str| {
+            if four {
+                base(if entry == "forward" {
+                    "forward4"
+                } else {
+                    "backward_input4"
+                })
+                .with("XB", (l.lattice.l / 4) as u32)
+                .with("KX", spec.taps.row() as u32)
+                .with("XSPAN", spec.taps.spans_last_axis(nd))
+            } else {
+                base(entry)
+            }
+        };
+        let rows = if four { l.row_table(&spec.taps)? } else { nbr };
 
         // Each entry point sees only the tiling constants it uses (samples per thread in
         // forward and backward_input, taps and output channels per thread in
         // backward_weight), so a tuner's candidates share the pipelines they can. The module
         // is validated whole, so the others see one tap per thread (valid for any TAPS).
         let nb = spec.tiling.samples_per_thread as u32;
-        let fwd = base("forward")
+        let fwd = gather("forward")
             .with("TPT", 1)
             .with("NB", nb)
             .with("IN_MASK", spec.in_mask as u32);
@@ -398,6 +441,12 @@ impl Conv {
             ("wu", &wu),
             ("hb", b.hb.filter(|_| keep && !signs).unwrap_or(unused)),
             ("bits", bits),
+            // forward4's and backward_input4's tables and views by 4 sites.
+            ("rows", rows),
+            ("x4", b.x),
+            ("y4", b.y),
+            ("hb4", b.hb.filter(|_| keep && !signs).unwrap_or(unused)),
+            ("bits4", bits),
         ];
         // Work models: 2 flops per multiply-add; each tensor touched once.
         let f = 4.0;
@@ -426,13 +475,14 @@ impl Conv {
                 ("partial", g.partial),
                 ("grads", g.grads),
                 ("hb_in", g.hb_in.filter(|_| !signs_in).unwrap_or(unused)),
-                // backward_weight's views of gy and bits by 4 sites.
+                ("hb_in4", g.hb_in.filter(|_| !signs_in).unwrap_or(unused)),
+                ("gx4", g.gx),
+                // backward_weight's and backward_input4's view of gy by 4 sites.
                 ("gy4", g.gy),
-                ("bits4", bits),
             ],
         ]
         .concat();
-        let bin = base("backward_input")
+        let bin = gather("backward_input")
             .with("TPT", 1)
             .with("NB", nb)
             .with("MODE", mode)

@@ -70,6 +70,9 @@ pub struct LatticeBuffers {
     pub lattice: Lattice,
     /// `Taps::table` of each tap set the model's convolutions use: [volume * taps].
     pub tables: Vec<(Taps, GpuBuffer)>,
+    /// `Taps::row_table` of each tap set, where L is a multiple of 4 (else empty):
+    /// [volume / 4 * taps].
+    pub row_tables: Vec<(Taps, GpuBuffer)>,
     /// `parity_table()`: [volume].
     pub parity: GpuBuffer,
     /// `hop_table()`: [volume * 2 Nd].
@@ -89,6 +92,13 @@ impl LatticeBuffers {
                     ))
                 })
                 .collect::<Result<_>>()?,
+            row_tables: if lattice.l.is_multiple_of(4) {
+                taps.iter()
+                    .map(|t| Ok((t.clone(), gpu.upload("row table", &t.row_table(&lattice))?)))
+                    .collect::<Result<_>>()?
+            } else {
+                vec![]
+            },
             parity: gpu.upload("parity table", &lattice.parity_table())?,
             hop: gpu.upload("hop table", &lattice.hop_table())?,
         })
@@ -101,6 +111,20 @@ impl LatticeBuffers {
             .find(|(t, _)| t == taps)
             .map(|(_, b)| b)
             .ok_or_else(|| anyhow::anyhow!("no neighbour table was built for {taps:?}"))
+    }
+
+    /// The row table of `taps` (4 sites per thread; L a multiple of 4).
+    pub fn row_table(&self, taps: &Taps) -> Result<&GpuBuffer> {
+        self.row_tables
+            .iter()
+            .find(|(t, _)| t == taps)
+            .map(|(_, b)| b)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no row table was built for {taps:?} (L = {} is not a multiple of 4)",
+                    self.lattice.l
+                )
+            })
     }
 }
 

@@ -1,6 +1,7 @@
 //! How each kernel family splits its work over threads, decided per adapter kind in one place:
 //! every choice here becomes a compile-time constant of a shader (`conv.wgsl`'s NB, TPT, COB, NBR,
-//! SPT; `coupling_layer.wgsl`'s WG, SPT, TPT). GPUs take one output per thread (a uniform weight
+//! SPT, and forward4 / backward_input4 for 4 sites per thread; `coupling_layer.wgsl`'s WG, SPT,
+//! TPT). GPUs take one output per thread (a uniform weight
 //! load is broadcast to the warp for free); CPU adapters such as lavapipe, where every lane's load
 //! is a separate access and one workgroup runs per core, take several outputs per thread and one
 //! weight-gradient chunk per core. The constants were measured on lavapipe (2 cores,
@@ -25,6 +26,15 @@ pub const SOFTWARE_WGRAD_ACCUMULATORS: usize = 24;
 /// 2,143 -> 1,299, 8 -> 2 3,304 -> 1,621; the step 0.77x. Plain convolutions keep one site by
 /// rule (their sums' order, and so the recorded results, unchanged); `--tune` tries both.
 pub const SOFTWARE_STAGE_SITES: usize = 4;
+/// Consecutive sites of a row per forward and backward_input thread on a CPU adapter, where L
+/// is a multiple of 4 (conv.wgsl's forward4, backward_input4): each tap's 4 values come in two
+/// vec4 loads instead of four scalar ones, and the sums keep their order (the results are
+/// bitwise those of one site). Measured on lavapipe (tutorial, AMD Zen 5, five interleaved
+/// rounds, each kernel's median time relative to an unchanged one of the same run), against
+/// one site and 8 samples per thread: with 2 samples per thread the 8 -> 8 forward 0.77x, its
+/// input gradient 0.77x, the 8 -> 2 forward 0.92x, its input gradient 0.79x, the 1 -> 8
+/// forward 0.70x, its input gradient 0.88x.
+pub const SOFTWARE_FORWARD_SITES: usize = 4;
 /// Weight-gradient threads per chunk below which a CPU adapter's threads hold fewer outputs
 /// (8: one 256-bit vector of f32 lanes).
 pub const SOFTWARE_MIN_WGRAD_THREADS: usize = 8;
@@ -74,6 +84,11 @@ pub struct ConvTiling {
     /// load. The order of each sum over sites and samples follows it.
     #[serde(default = "one")]
     pub sites_per_thread: usize,
+    /// Consecutive sites of a row per forward and backward_input thread (conv.wgsl's forward4
+    /// and backward_input4 for 4): 1, or 4 where L is a multiple of 4. Each sum keeps its
+    /// order: no effect on the numbers.
+    #[serde(default = "one")]
+    pub forward_sites: usize,
 }
 
 fn one() -> usize {
@@ -99,14 +114,30 @@ impl ConvTiling {
                 break;
             }
         }
+        let fs = if software && Self::forward_sites_fit(dims, row) {
+            SOFTWARE_FORWARD_SITES
+        } else {
+            1
+        };
         ConvTiling {
-            samples_per_thread: Self::default_samples_per_thread(software, dims.cin, dims.cout),
+            samples_per_thread: Self::default_samples_per_thread(
+                software,
+                dims.cin.max(dims.cout) * fs,
+            ),
             taps_per_thread: tpt,
             couts_per_thread: cob,
             chunk: Self::rule_chunk(dims, tpt, cob, software),
             branches_per_thread: 1,
             sites_per_thread: 1,
+            forward_sites: fs,
         }
+    }
+
+    /// Whether forward and backward_input can take 4 sites of a row per thread: L a multiple
+    /// of 4 and an odd row of taps reaching at most 4 sites either side (so a tap's 4 values
+    /// lie in two adjacent blocks of 4).
+    pub fn forward_sites_fit(dims: &ConvDims, row: usize) -> bool {
+        dims.extent.is_multiple_of(4) && row % 2 == 1 && row <= 9
     }
     /// The tiling of a stage of `branches` convolutions run as one (`ConvSpec::branches`): a
     /// forward thread of several branches also holds their running mean, twice the
@@ -136,12 +167,12 @@ impl ConvTiling {
 
     /// Samples per thread: 1 on GPUs, where a uniform weight load is broadcast for free; on CPU
     /// adapters each weight load is a gather, so several samples share it.
-    /// A thread holds NB * max(CIN, COUT) accumulators; past `SOFTWARE_ACCUMULATORS` they
-    /// spill (measured on lavapipe: 32 -> 32 channels with NB = 8 ran at half the GFLOP/s of
-    /// 8 -> 8), so wide layers take fewer samples per thread.
-    fn default_samples_per_thread(software: bool, cin: usize, cout: usize) -> usize {
+    /// A thread holds NB * `per_sample` accumulators (max(CIN, COUT) times its sites); past
+    /// `SOFTWARE_ACCUMULATORS` they spill (measured on lavapipe: 32 -> 32 channels with NB = 8
+    /// ran at half the GFLOP/s of 8 -> 8), so wide layers take fewer samples per thread.
+    fn default_samples_per_thread(software: bool, per_sample: usize) -> usize {
         if software {
-            (SOFTWARE_ACCUMULATORS / cin.max(cout)).clamp(1, SOFTWARE_NB)
+            (SOFTWARE_ACCUMULATORS / per_sample).clamp(1, SOFTWARE_NB)
         } else {
             1
         }
@@ -186,6 +217,20 @@ impl ConvTiling {
             .rev()
             .find(|c| cout.is_multiple_of(*c) && c * taps_per_thread <= SOFTWARE_WGRAD_ACCUMULATORS)
             .unwrap_or(1)
+    }
+
+    /// The forward and backward_input thread's block: (samples, sites).
+    pub fn forward_block(&self) -> (usize, usize) {
+        (self.samples_per_thread, self.forward_sites)
+    }
+
+    /// This tiling with the forward block `(samples, sites)`.
+    pub fn with_forward_block(&self, (nb, vs): (usize, usize)) -> Self {
+        ConvTiling {
+            samples_per_thread: nb,
+            forward_sites: vs,
+            ..*self
+        }
     }
 
     /// The weight-gradient thread's block: (taps, output channels, branches, sites).
@@ -293,8 +338,8 @@ const MAX_CANDIDATE_ACCUMULATORS: usize = 72;
 /// backward_weight only the rest), so they are searched one after the other.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvCandidates {
-    /// Samples per thread of forward and backward_input.
-    pub samples_per_thread: Vec<usize>,
+    /// (samples, sites) per thread of forward and backward_input.
+    pub forward_blocks: Vec<(usize, usize)>,
     /// (taps, output channels, branches, sites) per weight-gradient thread.
     pub weight_blocks: Vec<(usize, usize, usize, usize)>,
 }
@@ -302,7 +347,9 @@ pub struct ConvCandidates {
 impl ConvCandidates {
     /// Candidates for a stage of `branches` convolutions of shape `dims` whose tap set has
     /// rows of `row` taps: powers of two samples per thread (at most the batch, 16, and
-    /// `MAX_CANDIDATE_ACCUMULATORS` held with their channels, twice for several branches);
+    /// `MAX_CANDIDATE_ACCUMULATORS` held with their channels, twice for several branches), each
+    /// with one site and (where L and the tap rows allow) with 4 sites per thread, whose
+    /// accumulators count 4 times;
     /// taps per thread 1 or a power of the row dividing the taps (at most 25, as
     /// `Conv::new` allows), output channels per thread a power-of-two divisor of COUT or COUT
     /// itself, branches per thread 1 or all of them, the product of the three at most
@@ -310,10 +357,18 @@ impl ConvCandidates {
     /// step. The rule's choice (`ConvTiling::for_stage`) is always among them.
     pub fn for_stage(dims: &ConvDims, row: usize, branches: usize, rule: &ConvTiling) -> Self {
         let held = dims.cin.max(dims.cout) * if branches > 1 { 2 } else { 1 };
-        let mut nb: Vec<usize> = (0..5)
-            .map(|i| 1usize << i)
-            .filter(|&n| n == 1 || (n <= dims.batch && n * held <= MAX_CANDIDATE_ACCUMULATORS))
-            .collect();
+        let mut nb: Vec<(usize, usize)> = vec![];
+        let fit = ConvTiling::forward_sites_fit(dims, row);
+        for vs in if fit { vec![1, 4] } else { vec![1] } {
+            nb.extend(
+                (0..5)
+                    .map(|i| 1usize << i)
+                    .filter(|&n| {
+                        n == 1 || (n <= dims.batch && vs * n * held <= MAX_CANDIDATE_ACCUMULATORS)
+                    })
+                    .map(|n| (n, vs)),
+            );
+        }
         let mut tpts = vec![1];
         let mut t = row;
         while row > 1 && t <= 25 && dims.taps.is_multiple_of(t) {
@@ -349,32 +404,29 @@ impl ConvCandidates {
                 }
             }
         }
-        if !nb.contains(&rule.samples_per_thread) {
-            nb.push(rule.samples_per_thread);
+        if !nb.contains(&rule.forward_block()) {
+            nb.push(rule.forward_block());
         }
         let r = rule.weight_block();
         if !blocks.contains(&r) {
             blocks.push(r);
         }
         ConvCandidates {
-            samples_per_thread: nb,
+            forward_blocks: nb,
             weight_blocks: blocks,
         }
     }
 
     /// Tilings covering every specialisation a tuner may choose from these candidates, entry
-    /// point by entry point: each samples-per-thread (forward, backward_input) with the rule's
+    /// point by entry point: each forward block (forward, backward_input) with the rule's
     /// weight tiling, and each weight block with each chunking of either adapter kind
-    /// (backward_weight, reduce_weight) with the rule's samples per thread. (The entry points
+    /// (backward_weight, reduce_weight) with the rule's forward block. (The entry points
     /// read disjoint constants, so any combination the tuner makes is covered.)
     pub fn every_tiling(&self, dims: &ConvDims, rule: &ConvTiling) -> Vec<ConvTiling> {
         let mut out: Vec<ConvTiling> = self
-            .samples_per_thread
+            .forward_blocks
             .iter()
-            .map(|&nb| ConvTiling {
-                samples_per_thread: nb,
-                ..*rule
-            })
+            .map(|&block| rule.with_forward_block(block))
             .collect();
         for &block in &self.weight_blocks {
             let (tpt, cob, _, _) = block;
