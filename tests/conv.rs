@@ -599,5 +599,7 @@ fn conv_rule_forward_sites() {
     assert_eq!(block(&dims(8, 2, 16), 3, true), (2, 4));
     assert_eq!(block(&dims(8, 8, 6), 3, true), (8, 1));
     assert_eq!(block(&dims(8, 8, 8), 11, true), (8, 1));
+    // Wide layers keep one site (4 x 32 accumulators per sample would spill).
+    assert_eq!(block(&dims(32, 32, 8), 3, true), (2, 1));
     assert_eq!(block(&dims(8, 8, 8), 3, false), (1, 1));
 }
