@@ -130,7 +130,7 @@ impl Taps {
     /// `rows[block * count + t]`, for a lattice whose extent is a multiple of 4: the vec4 index
     /// (site / 4) of the block of 4 sites at `block`'s position along the last axis, in the
     /// row holding tap t's neighbours (the tap's offset with its last component set to 0).
-    /// conv.wgsl's forward4 and backward_input4 read a row's window from there.
+    /// conv.wgsl's forward4 and backward_input4 find a tap's two blocks from there.
     pub fn row_table(&self, lattice: &Lattice) -> Vec<u32> {
         assert!(
             lattice.l.is_multiple_of(4),

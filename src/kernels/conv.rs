@@ -240,8 +240,7 @@ impl Conv {
     /// there, and no adapter gains from it), output channels per thread a divisor of COUT,
     /// at least one sample per thread and per chunk, 1 or 4 sites per weight-gradient step (4
     /// where the volume, and so every row of gy and bits, splits into vec4s), 1 or 4 sites per
-    /// forward and backward_input thread (4 where L is a multiple of 4 and a row of taps, odd,
-    /// reaches at most 4 sites either side: its window is 3 blocks of 4).
+    /// forward and backward_input thread (where `ConvTiling::forward_sites_fit`).
     pub fn tiling_valid(spec: &ConvSpec, t: &ConvTiling) -> bool {
         let d = &spec.dims;
         let sites_ok = match t.sites_per_thread {
@@ -402,18 +401,14 @@ impl Conv {
         let l = b.lattice;
         // forward4 and backward_input4 (4 sites per thread): their entry points, the row
         // table in place of the neighbour table, and the row geometry.
-        let gather = |entry: &'static str| {
+        let gather = |one_site: &'static str, four_sites: &'static str| {
             if four {
-                base(if entry == "forward" {
-                    "forward4"
-                } else {
-                    "backward_input4"
-                })
-                .with("XB", (l.lattice.l / 4) as u32)
-                .with("KX", spec.taps.row() as u32)
-                .with("XSPAN", spec.taps.spans_last_axis(nd))
+                base(four_sites)
+                    .with("XB", (l.lattice.l / 4) as u32)
+                    .with("KX", spec.taps.row() as u32)
+                    .with("XSPAN", spec.taps.spans_last_axis(nd))
             } else {
-                base(entry)
+                base(one_site)
             }
         };
         let rows = if four { l.row_table(&spec.taps)? } else { nbr };
@@ -423,7 +418,7 @@ impl Conv {
         // backward_weight), so a tuner's candidates share the pipelines they can. The module
         // is validated whole, so the others see one tap per thread (valid for any TAPS).
         let nb = spec.tiling.samples_per_thread as u32;
-        let fwd = gather("forward")
+        let fwd = gather("forward", "forward4")
             .with("TPT", 1)
             .with("NB", nb)
             .with("IN_MASK", spec.in_mask as u32);
@@ -482,7 +477,7 @@ impl Conv {
             ],
         ]
         .concat();
-        let bin = gather("backward_input")
+        let bin = gather("backward_input", "backward_input4")
             .with("TPT", 1)
             .with("NB", nb)
             .with("MODE", mode)

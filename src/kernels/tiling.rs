@@ -1,9 +1,9 @@
 //! How each kernel family splits its work over threads, decided per adapter kind in one place:
-//! every choice here becomes a compile-time constant of a shader (`conv.wgsl`'s NB, TPT, COB, NBR,
-//! SPT, and forward4 / backward_input4 for 4 sites per thread; `coupling_layer.wgsl`'s WG, SPT,
-//! TPT). GPUs take one output per thread (a uniform weight
-//! load is broadcast to the warp for free); CPU adapters such as lavapipe, where every lane's load
-//! is a separate access and one workgroup runs per core, take several outputs per thread and one
+//! every choice here becomes a compile-time constant or an entry point of a shader (`conv.wgsl`'s
+//! NB, TPT, COB, NBR, SPT, and forward4 / backward_input4 for 4 sites per thread;
+//! `coupling_layer.wgsl`'s WG, SPT, TPT). GPUs take one output per thread (a uniform weight load
+//! is broadcast to the warp for free); CPU adapters such as lavapipe, where every lane's load is
+//! a separate access and one workgroup runs per core, take several outputs per thread and one
 //! weight-gradient chunk per core. The constants were measured on lavapipe (2 cores,
 //! BENCHMARKS.md).
 
