@@ -43,6 +43,9 @@ pub fn describe(flow: &FlowSpec) -> String {
     if flow.z2() {
         d.push_str(" z2_equivariant=true");
     }
+    if let crate::flow::CouplingKind::Spline { bins, bound } = flow.coupling() {
+        d.push_str(&format!(" spline_bins={bins} spline_bound={bound:?}"));
+    }
     if let Some(c) = flow.combi {
         let act = c.act.key();
         d.push_str(&format!(" combi_r={} combi_activation={act}", c.r));

@@ -131,6 +131,10 @@ pub struct Model {
     /// Ours (`combi_r`, `combi_activation`): GomalizingFlow's combinational convolutions,
     /// 1 <= r < Nd; None (`combi_r = 0`) for the full convolution.
     pub combi: Option<Combi>,
+    /// Ours (`spline_bins`, `spline_bound`): rational-quadratic spline couplings with K bins on
+    /// [-B, B] (`flow::CouplingKind::Spline`); 0 bins for the affine coupling.
+    pub spline_bins: usize,
+    pub spline_bound: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -193,6 +197,8 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "init",
             "combi_r",
             "combi_activation",
+            "spline_bins",
+            "spline_bound",
         ],
     ),
 ];
@@ -230,6 +236,10 @@ fn accepted(table: &str, key: &str) -> Option<String> {
         ("model", "combi_r") => {
             "0 (the full convolution) or r with 1 <= r < Nd (C(Nd, r) r-dimensional branches)"
         }
+        ("model", "spline_bins") => {
+            "0 (the affine coupling) or K in 2..=32 (rational-quadratic spline couplings, K bins)"
+        }
+        ("model", "spline_bound") => "B > 0, a number: the spline covers [-B, B], e.g. 5.0",
         ("model", "combi_activation") => {
             "\"branch\" (mean of the activated branches) or \"last\" (activation of the mean)"
         }
@@ -383,6 +393,8 @@ struct ModelTable {
     init: String,
     combi_r: i64,
     combi_activation: String,
+    spline_bins: i64,
+    spline_bound: f64,
 }
 
 impl Default for ModelTable {
@@ -400,6 +412,8 @@ impl Default for ModelTable {
             init: "torch".into(),
             combi_r: 0,
             combi_activation: CombiAct::Branch.key().into(),
+            spline_bins: 0,
+            spline_bound: 5.0,
         }
     }
 }
@@ -625,6 +639,25 @@ impl ModelTable {
                 act: combi_act,
             }),
         };
+        if self.spline_bins != 0 {
+            c.int_in("spline_bins", self.spline_bins, 2, 32)?;
+        }
+        let spline_bound = c.finite("spline_bound", self.spline_bound)?;
+        if spline_bound <= 0.0 {
+            return Err(c.err(
+                "spline_bound",
+                format!("must be {}, got {spline_bound}", c.what("spline_bound")),
+            ));
+        }
+        if self.spline_bins != 0 && self.z2_equivariant {
+            return Err(c.err(
+                "spline_bins",
+                format!(
+                    "= {} needs z2_equivariant = false: spline couplings are not symmetrised",
+                    self.spline_bins
+                ),
+            ));
+        }
         Ok(Model {
             seed: c.int_in("seed", self.seed, 0, i64::MAX)? as u64,
             n_layers: c.int_in("n_layers", self.n_layers, 1, 1024)? as usize,
@@ -637,6 +670,8 @@ impl ModelTable {
             z2_equivariant: self.z2_equivariant,
             identity_init,
             combi,
+            spline_bins: self.spline_bins as usize,
+            spline_bound,
         })
     }
 }
@@ -756,6 +791,8 @@ impl From<&Config> for Document {
                 init: if m.identity_init { "identity" } else { "torch" }.into(),
                 combi_r: m.combi.map_or(0, |c| c.r as i64),
                 combi_activation: m.combi.map_or(CombiAct::Branch, |c| c.act).key().into(),
+                spline_bins: m.spline_bins as i64,
+                spline_bound: m.spline_bound,
             },
         }
     }

@@ -1,7 +1,7 @@
-//! The model: n affine coupling layers with alternating checkerboard masks, each with a periodic
-//! CNN of channels [1, hidden..., 2]; its flat parameter layout, PyTorch-default initialisation,
-//! and the f64 CPU reference model (forward and hand-written backward) that specifies what the
-//! GPU tape computes.
+//! The model: n coupling layers (affine, symmetrised affine or rational-quadratic spline) with
+//! alternating checkerboard masks, each with a periodic CNN of channels [1, hidden..., outputs];
+//! its flat parameter layout, PyTorch-default initialisation, and the f64 CPU reference model
+//! (forward and hand-written backward) that specifies what the GPU tape computes.
 
 use crate::config::Config;
 use crate::kernels::Act;
@@ -232,7 +232,7 @@ impl ConvBlock {
 }
 
 /// How a coupling layer uses its net's output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CouplingKind {
     /// (s, t) = channels 0 and 1 of the net's output (after its last activation);
     /// y = mask x + (1 - mask)(x e^s + t), log J = sum (1 - mask) s.
@@ -242,14 +242,30 @@ pub enum CouplingKind {
     /// field, so the coupling is odd, f(-x) = -f(x), and the flow's density symmetric. The
     /// net runs on a batch of 2B (`kernels::z2`).
     AffineZ2,
+    /// A rational-quadratic spline of `bins` bins on [-bound, bound] per active site, the
+    /// identity outside (`[model] spline_bins`, `spline_bound`; `kernels::spline`): the net
+    /// outputs 3 bins - 1 channels, the bins' widths and heights and the interior knots'
+    /// slopes.
+    Spline { bins: usize, bound: f64 },
 }
+
+// The bound is a validated finite number, so equality is an equivalence.
+impl Eq for CouplingKind {}
 
 impl CouplingKind {
     /// Samples the net sees per sample of the coupling.
     pub fn net_batch_factor(self) -> usize {
         match self {
-            CouplingKind::Affine => 1,
+            CouplingKind::Affine | CouplingKind::Spline { .. } => 1,
             CouplingKind::AffineZ2 => 2,
+        }
+    }
+
+    /// Channels of the net's output: (s, t), or a spline's parameters.
+    pub fn net_outputs(self) -> usize {
+        match self {
+            CouplingKind::Affine | CouplingKind::AffineZ2 => 2,
+            CouplingKind::Spline { bins, .. } => crate::kernels::spline::channels(bins),
         }
     }
 }
@@ -410,27 +426,45 @@ impl FlowSpec {
         kernel_size: usize,
         final_tanh: bool,
     ) -> FlowSpec {
-        Self::build(lattice, n_layers, hidden, kernel_size, final_tanh, None)
+        Self::build(
+            lattice,
+            n_layers,
+            hidden,
+            kernel_size,
+            final_tanh,
+            None,
+            CouplingKind::Affine,
+        )
     }
 
     /// The model with every convolution a combinational one of `combi` (the coupling kind
     /// and the identity start carry over; the parameters are laid out anew).
     pub fn with_combi(self, combi: Combi) -> FlowSpec {
-        let mut f = Self::build(
+        self.rebuilt(Some(combi), self.coupling())
+    }
+
+    /// The same architecture with `combi` and every coupling of kind `kind`, laid out anew;
+    /// the identity start carries over.
+    fn rebuilt(&self, combi: Option<Combi>, kind: CouplingKind) -> FlowSpec {
+        let f = Self::build(
             self.lattice,
             self.n_layers,
             self.hidden.clone(),
             self.kernel_size,
             self.final_tanh,
-            Some(combi),
+            combi,
+            kind,
         );
-        for (n, old) in f.nets.iter_mut().zip(&self.nets) {
-            n.coupling = old.coupling;
-        }
         if self.blocks().any(|c| c.zero_init) {
-            f = f.with_identity_init();
+            f.with_identity_init()
+        } else {
+            f
         }
-        f
+    }
+
+    /// The coupling kind of every layer (the first layer's).
+    pub fn coupling(&self) -> CouplingKind {
+        self.nets[0].coupling
     }
 
     /// The nets, each stage one block over the full window or, with `combi`, one block per
@@ -442,12 +476,13 @@ impl FlowSpec {
         kernel_size: usize,
         final_tanh: bool,
         combi: Option<Combi>,
+        coupling: CouplingKind,
     ) -> FlowSpec {
         let tap_sets = match combi {
             None => vec![Taps::Window { k: kernel_size }],
             Some(c) => Taps::branches(lattice.nd, kernel_size, c.r),
         };
-        let channels = Self::channels_of(&hidden);
+        let channels = Self::channels_of(&hidden, coupling);
         let n = channels.len() - 1;
         let mut offset = 0;
         let nets = (0..n_layers)
@@ -478,7 +513,7 @@ impl FlowSpec {
                     convs,
                     branches: tap_sets.len(),
                     combi_act: combi.map_or(CombiAct::Branch, |c| c.act),
-                    coupling: CouplingKind::Affine,
+                    coupling,
                 }
             })
             .collect();
@@ -508,14 +543,24 @@ impl FlowSpec {
         if cfg.model.z2_equivariant {
             f = f.with_coupling(CouplingKind::AffineZ2);
         }
+        if cfg.model.spline_bins > 0 {
+            f = f.with_coupling(CouplingKind::Spline {
+                bins: cfg.model.spline_bins,
+                bound: cfg.model.spline_bound,
+            });
+        }
         if cfg.model.identity_init {
             f = f.with_identity_init();
         }
         f
     }
 
-    /// Every coupling of kind `kind` (the parameter layout does not change).
+    /// Every coupling of kind `kind`: the parameter layout stays where the net's outputs
+    /// do (affine, symmetrised), and is laid out anew where they change (spline).
     pub fn with_coupling(mut self, kind: CouplingKind) -> FlowSpec {
+        if kind.net_outputs() != self.coupling().net_outputs() {
+            return self.rebuilt(self.combi, kind);
+        }
         for n in &mut self.nets {
             n.coupling = kind;
         }
@@ -542,15 +587,15 @@ impl FlowSpec {
             .any(|n| n.coupling == CouplingKind::AffineZ2)
     }
 
-    /// Channels of the coupling net: [1, hidden..., 2].
+    /// Channels of the coupling net: [1, hidden..., outputs] (2 for an affine coupling).
     pub fn channels(&self) -> Vec<usize> {
-        Self::channels_of(&self.hidden)
+        Self::channels_of(&self.hidden, self.coupling())
     }
 
-    fn channels_of(hidden: &[usize]) -> Vec<usize> {
+    fn channels_of(hidden: &[usize], coupling: CouplingKind) -> Vec<usize> {
         let mut c = vec![1];
         c.extend(hidden);
-        c.push(2);
+        c.push(coupling.net_outputs());
         c
     }
 
@@ -654,6 +699,11 @@ impl FlowSpec {
         if self.z2() {
             v.push("symmetrised (odd) couplings".into());
         }
+        if let CouplingKind::Spline { bins, bound } = self.coupling() {
+            v.push(format!(
+                "rational-quadratic spline couplings ({bins} bins on [-{bound}, {bound}])"
+            ));
+        }
         if self.blocks().any(|c| c.zero_init) {
             v.push("identity start".into());
         }
@@ -670,6 +720,7 @@ pub mod reference {
     use crate::kernels::combi::reference as combi;
     use crate::kernels::conv::reference::Layer;
     use crate::kernels::coupling::reference as coupling;
+    use crate::kernels::spline::reference as spline;
     use crate::kernels::z2::reference as z2;
 
     /// What the forward keeps for the backward.
@@ -746,7 +797,7 @@ pub mod reference {
             let xl = x.last().unwrap();
             let input = masked(xl, &mask);
             let ((hs, hbs), stl) = match net.coupling {
-                CouplingKind::Affine => {
+                CouplingKind::Affine | CouplingKind::Spline { .. } => {
                     let hs = net_forward(spec, params, net, batch, input);
                     let out = hs.0.last().unwrap().clone();
                     (hs, out)
@@ -757,7 +808,12 @@ pub mod reference {
                     (hs, out)
                 }
             };
-            let (y, logj) = coupling::forward(xl, &stl, &mask, batch);
+            let (y, logj) = match net.coupling {
+                CouplingKind::Spline { bins, bound } => {
+                    spline::forward(xl, &stl, &mask, batch, bins, bound)
+                }
+                _ => coupling::forward(xl, &stl, &mask, batch),
+            };
             for (q, j) in logq.iter_mut().zip(&logj) {
                 *q -= j;
             }
@@ -825,6 +881,10 @@ pub mod reference {
                 let u = f.h[l].last().unwrap();
                 (gx, z2::combine_backward(u, &gst, v, out_act))
             }
+            CouplingKind::Spline { bins, bound } => {
+                let (x, st) = (&f.x[l], &f.st[l]);
+                spline::backward(x, st, &mask, gy, glogq, bins, bound, out_act)
+            }
         };
         // Back through the net, last stage first; g is the stage output's gradient, before
         // the activation for a plain net and after it for a combinational one.
@@ -832,7 +892,7 @@ pub mod reference {
         let stages: Vec<&[ConvBlock]> = net.stages().collect();
         for (j, stage) in stages.iter().enumerate().rev() {
             let input = match (j, net.coupling) {
-                (0, CouplingKind::Affine) => masked(&f.x[l], &mask),
+                (0, CouplingKind::Affine | CouplingKind::Spline { .. }) => masked(&f.x[l], &mask),
                 (0, CouplingKind::AffineZ2) => z2::mirror(&masked(&f.x[l], &mask)),
                 _ => f.h[l][j - 1].clone(),
             };
@@ -867,7 +927,7 @@ pub mod reference {
         }
         // The input reached the net through mask * x (and, symmetrised, -mask * x).
         let g_net = match net.coupling {
-            CouplingKind::Affine => masked(&g, &mask),
+            CouplingKind::Affine | CouplingKind::Spline { .. } => masked(&g, &mask),
             CouplingKind::AffineZ2 => z2::mirror_backward(&g, &mask),
         };
         gx_direct.iter().zip(&g_net).map(|(d, n)| d + n).collect()

@@ -32,6 +32,7 @@ use crate::kernels::coupling_layer::{
 };
 use crate::kernels::prior::{Prior, PriorSpec};
 use crate::kernels::reduce;
+use crate::kernels::spline::{Spline, SplineSpec};
 use crate::kernels::tiling::ConvTiling;
 use crate::kernels::z2::{Combine, Mirror, Z2Spec};
 use anyhow::{Context, Result};
@@ -177,6 +178,8 @@ pub enum Op {
     Prior(Prior),
     Conv(Conv),
     Coupling(Coupling),
+    /// A rational-quadratic spline coupling (`kernels::spline`).
+    Spline(Spline),
     Action(Action),
     Loss(Dispatch),
     /// A symmetrised coupling's [x; -x] and (s, t) (`kernels::z2`).
@@ -199,6 +202,7 @@ impl Op {
             Op::Prior(p) => &p.sample,
             Op::Conv(c) => &c.forward,
             Op::Coupling(c) => &c.forward,
+            Op::Spline(c) => &c.forward,
             Op::Mirror(m) => &m.forward,
             Op::Combine(c) => &c.forward,
             Op::Mean(_) => return None,
@@ -221,6 +225,7 @@ impl Op {
         let list: &[Dispatch] = match self {
             Op::Conv(c) => &c.backward,
             Op::Coupling(c) => c.backward.as_slice(),
+            Op::Spline(c) => c.backward.as_slice(),
             Op::Mirror(m) => m.backward.as_slice(),
             Op::Combine(c) => c.backward.as_slice(),
             Op::Mean(m) => std::slice::from_ref(&m.backward),
@@ -242,6 +247,7 @@ impl Op {
             Op::Prior(_) => "prior",
             Op::Conv(_) => "conv",
             Op::Coupling(_) => "coupling",
+            Op::Spline(_) => "spline coupling",
             Op::Mirror(_) => "z2 mirror",
             Op::Combine(_) => "z2 combine",
             Op::Mean(_) => "combi mean",
@@ -437,7 +443,7 @@ fn conv_spec(gpu: &Gpu, spec: &TapeSpec, l: usize, j: usize) -> ConvSpec {
         _ if spec.mode == Mode::Infer => InputGrad::Skip,
         (0, 0, _) => InputGrad::Skip,
         // The first convolution reads mask * x: its input gradient adds into dL/dx.
-        (0, _, CouplingKind::Affine) => InputGrad::AddMasked,
+        (0, _, CouplingKind::Affine | CouplingKind::Spline { .. }) => InputGrad::AddMasked,
         // ... or mask * [x; -x]: `z2::Mirror`'s backward adds it into dL/dx.
         (0, _, CouplingKind::AffineZ2) => InputGrad::Write,
         // The previous stage's branches, each through its activation.
@@ -875,7 +881,7 @@ fn wire_per_kernel(
         .map(|g| g.gh.last().expect("a net has a convolution"));
     // (s, t), where the coupling reads them, and their gradient.
     let (st, gst, final_act) = match net.coupling {
-        CouplingKind::Affine => (out, gout, out_act),
+        CouplingKind::Affine | CouplingKind::Spline { .. } => (out, gout, out_act),
         CouplingKind::AffineZ2 => {
             let st = acts
                 .st
@@ -888,29 +894,42 @@ fn wire_per_kernel(
             (st, gst, Act::None)
         }
     };
-    let coupling = Coupling::new(
-        gpu,
-        CouplingSpec {
-            batch: spec.batch,
-            volume: spec.flow.lattice.volume(),
-            parity: net.parity,
-            final_act,
-        },
-        &CouplingBuffers {
-            lattice: &buf.lattice,
-            x,
-            st,
-            y,
-            logq: &buf.logq,
-            grad: buf.grad.as_ref().zip(gst).map(|(g, gst)| CouplingGrads {
-                gy: &g.gx[(l + 1) % 2],
-                gx: &g.gx[l % 2],
-                gst,
-                glogq: &buf.glogq,
-            }),
-        },
-    )?;
-    ops.push(Op::Coupling(coupling));
+    let cb = CouplingBuffers {
+        lattice: &buf.lattice,
+        x,
+        st,
+        y,
+        logq: &buf.logq,
+        grad: buf.grad.as_ref().zip(gst).map(|(g, gst)| CouplingGrads {
+            gy: &g.gx[(l + 1) % 2],
+            gx: &g.gx[l % 2],
+            gst,
+            glogq: &buf.glogq,
+        }),
+    };
+    let (batch, volume, parity) = (spec.batch, spec.flow.lattice.volume(), net.parity);
+    ops.push(match net.coupling {
+        CouplingKind::Spline { bins, bound } => {
+            let s = SplineSpec {
+                batch,
+                volume,
+                parity,
+                bins,
+                bound,
+                final_act,
+            };
+            Op::Spline(Spline::new(gpu, s, &cb)?)
+        }
+        CouplingKind::Affine | CouplingKind::AffineZ2 => {
+            let s = CouplingSpec {
+                batch,
+                volume,
+                parity,
+                final_act,
+            };
+            Op::Coupling(Coupling::new(gpu, s, &cb)?)
+        }
+    });
     Ok(ops)
 }
 

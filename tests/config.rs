@@ -183,6 +183,7 @@ fn tutorial_values() {
     // Our keys, absent from GomalizingFlow's configs, keep its model.
     assert_eq!(c.model.combi, None);
     assert!(!c.model.z2_equivariant && !c.model.identity_init);
+    assert_eq!(c.model.spline_bins, 0);
 }
 
 #[test]
@@ -301,6 +302,24 @@ fn errors_name_file_key_and_what_is_accepted() {
                 "use_bn = false\ncombi_r = 1\ncombi_activation = \"mean\"",
             ),
             &["[model].combi_activation", "\"branch\"", "\"last\""],
+        ),
+        (
+            with("use_bn = ", "use_bn = false\nspline_bins = 1"),
+            &["test.toml", "[model].spline_bins", "2..=32", "got 1"],
+        ),
+        (
+            with(
+                "use_bn = ",
+                "use_bn = false\nspline_bins = 8\nspline_bound = 0",
+            ),
+            &["[model].spline_bound", "B > 0", "got 0"],
+        ),
+        (
+            with(
+                "use_bn = ",
+                "use_bn = false\nspline_bins = 8\nz2_equivariant = true",
+            ),
+            &["[model].spline_bins", "z2_equivariant = false"],
         ),
     ];
     for (text, want) in cases {

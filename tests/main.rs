@@ -21,6 +21,7 @@ mod reduce;
 mod sample;
 mod shaders;
 mod shards;
+mod spline;
 mod tape;
 mod train;
 mod tune;

@@ -85,6 +85,12 @@ fn variants(shader: Shader) -> Vec<Vec<(&'static str, u32)>> {
                 v.push(vec![("WG", wg), ("ACT", 0)]);
             }
         }
+        Shader::Spline => {
+            // Two bins to many, both final activations.
+            for (wg, k, act) in [(32, 2, 0), (64, 8, 2), (256, 16, 0), (128, 32, 2)] {
+                v.push(vec![("WG", wg), ("K", k), ("ACT", act)]);
+            }
+        }
         Shader::Z2 => {
             for act in [0, 2] {
                 v.push(vec![("WG", 64), ("ACT", act)]);

@@ -49,6 +49,7 @@ shaders! {
     Hmc => "hmc",
     Z2 => "z2",
     Combi => "combi",
+    Spline => "spline",
 }
 
 impl Shader {

@@ -42,30 +42,63 @@ pub struct Coupling {
 
 impl Coupling {
     pub fn new(gpu: &Gpu, spec: CouplingSpec, b: &CouplingBuffers) -> Result<Coupling> {
-        let n = spec.batch * spec.volume;
-        let mut sizes = vec![(b.x, n), (b.y, n), (b.st, 2 * n), (b.logq, spec.batch)];
+        let kernel = KernelSpec::new(Shader::Coupling, "forward")
+            .with("WG", reduction_workgroup(spec.volume))
+            .with("ACT", spec.final_act.code())
+            // (s, t) and its gradient are stored as the net stored them.
+            .with_type("HS", b.st.precision);
+        let u = MaskedParams::new(spec.batch, spec.volume, spec.parity);
+        let flops = 3.0 * (spec.batch * spec.volume) as f64;
+        let Dispatches { forward, backward } =
+            Dispatches::new(gpu, kernel, bytemuck::bytes_of(&u), b, spec.batch, 2, flops)?;
+        Ok(Coupling {
+            spec,
+            forward,
+            backward,
+        })
+    }
+}
+
+/// The forward and backward dispatches of a coupling transform family (`coupling.wgsl`,
+/// `spline.wgsl`): one workgroup per sample, the same bindings, the net's output `st` with
+/// `channels` channels per site.
+pub(crate) struct Dispatches {
+    pub forward: Dispatch,
+    pub backward: Option<Dispatch>,
+}
+
+impl Dispatches {
+    /// `kernel` names the family and its constants (at entry `forward`), `uniform` its
+    /// parameter block; `flops` the forward's work (the backward's is taken as 3x).
+    pub fn new(
+        gpu: &Gpu,
+        kernel: KernelSpec,
+        uniform: &[u8],
+        b: &CouplingBuffers,
+        batch: usize,
+        channels: usize,
+        flops: f64,
+    ) -> Result<Dispatches> {
+        let n = batch * b.lattice.lattice.volume();
+        let mut sizes = vec![(b.x, n), (b.y, n), (b.st, channels * n), (b.logq, batch)];
         if let Some(g) = &b.grad {
-            sizes.extend([(g.gx, n), (g.gy, n), (g.gst, 2 * n), (g.glogq, spec.batch)]);
+            sizes.extend([
+                (g.gx, n),
+                (g.gy, n),
+                (g.gst, channels * n),
+                (g.glogq, batch),
+            ]);
         }
         for (buf, len) in sizes {
             buf.need(len)?;
         }
-        let wg = reduction_workgroup(spec.volume);
-        let base = |entry| {
-            KernelSpec::new(Shader::Coupling, entry)
-                .with("WG", wg)
-                .with("ACT", spec.final_act.code())
-                // (s, t) and its gradient are stored as the net stored them.
-                .with_type("HS", b.st.precision)
-        };
-        let u = MaskedParams::new(spec.batch, spec.volume, spec.parity);
-        let u = Some(bytemuck::bytes_of(&u));
-        let groups = [spec.batch as u32, 1, 1];
-        let fwd = base("forward");
-        let bytes = (n * 4) as f64;
+        let u = Some(uniform);
+        let groups = [batch as u32, 1, 1];
+        // Bytes moved: x, y and the channels forward; twice that and the gradients backward.
+        let bytes = ((2 + channels) * n * 4) as f64;
         let forward = gpu
             .dispatch(
-                &fwd,
+                &kernel,
                 u,
                 &[
                     ("parity_tbl", &b.lattice.parity),
@@ -76,13 +109,12 @@ impl Coupling {
                 ],
                 groups,
             )?
-            .with_work(3.0 * n as f64, 4.0 * bytes);
-        let bwd = base("backward");
+            .with_work(flops, bytes);
         let backward = match &b.grad {
             None => None,
             Some(g) => Some(
                 gpu.dispatch(
-                    &bwd,
+                    &kernel.with_entry("backward"),
                     u,
                     &[
                         ("parity_tbl", &b.lattice.parity),
@@ -95,14 +127,10 @@ impl Coupling {
                     ],
                     groups,
                 )?
-                .with_work(8.0 * n as f64, 7.0 * bytes),
+                .with_work(3.0 * flops, 2.0 * bytes),
             ),
         };
-        Ok(Coupling {
-            spec,
-            forward,
-            backward,
-        })
+        Ok(Dispatches { forward, backward })
     }
 }
 

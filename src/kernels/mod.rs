@@ -11,6 +11,7 @@ pub mod coupling_layer;
 pub mod hmc;
 pub mod prior;
 pub mod reduce;
+pub mod spline;
 pub mod tiling;
 pub mod z2;
 
