@@ -56,9 +56,11 @@ fn sigmoid(u: f32) -> f32 {
 }
 
 // One site's spline where it holds x: the bin b holding x, its left knot (xk, yk), width w,
-// height h and end slopes d0, d1; and the widths' and heights' softmax maxima and inverse
-// sums, from which `prob` recomputes any bin's probability (no per-site arrays: loops of
-// compile-time length K over registers).
+// height h and end slopes d0, d1; the widths' and heights' softmax maxima and inverse sums,
+// from which `prob` recomputes any bin's probability (no per-site arrays: loops of
+// compile-time length K over registers); and the rational quadratic's terms at x:
+// xi = (x - xk) / w, sl = h / w, om = xi (1 - xi), y = yk + h num / den,
+// dy/dx = sl^2 m / den^2.
 struct Bin {
     b: u32,
     xk: f32,
@@ -71,6 +73,13 @@ struct Bin {
     mh: f32,
     isw: f32,
     ish: f32,
+    iw: f32,
+    sl: f32,
+    xi: f32,
+    om: f32,
+    num: f32,
+    den: f32,
+    m: f32,
 }
 
 // The slope at interior knot i (1 <= i < K) from channel 2K + i - 1 at `base`, 1 at the ends.
@@ -88,7 +97,7 @@ fn prob(base: u32, c: u32, m: f32, is: f32) -> f32 {
 }
 
 // `base` = the site's channel 0 in st: (sample * C) * V + site; channel c is at base + c * V.
-fn find_bin(xv: f32, base: u32) -> Bin {
+fn evaluate(xv: f32, base: u32) -> Bin {
     var r: Bin;
     let v = p.volume;
     r.mw = -3.0e38;
@@ -126,6 +135,13 @@ fn find_bin(xv: f32, base: u32) -> Bin {
     }
     r.d0 = slope(base, r.b);
     r.d1 = slope(base, r.b + 1u);
+    r.iw = 1.0 / r.w;
+    r.sl = r.h * r.iw;
+    r.xi = (xv - r.xk) * r.iw;
+    r.om = r.xi * (1.0 - r.xi);
+    r.num = r.sl * r.xi * r.xi + r.d0 * r.om;
+    r.den = r.sl + (r.d0 + r.d1 - 2.0 * r.sl) * r.om;
+    r.m = r.d1 * r.xi * r.xi + 2.0 * r.sl * r.om + r.d0 * (1.0 - r.xi) * (1.0 - r.xi);
     return r;
 }
 
@@ -141,16 +157,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         if !moving || xv <= -p.bound || xv >= p.bound {
             y[row + s] = xv;
         } else {
-            let r = find_bin(xv, crow + s);
-            let iw = 1.0 / r.w;
-            let sl = r.h * iw;
-            let xi = (xv - r.xk) * iw;
-            let om = xi * (1.0 - xi);
-            let num = sl * xi * xi + r.d0 * om;
-            let den = sl + (r.d0 + r.d1 - 2.0 * sl) * om;
-            let m = r.d1 * xi * xi + 2.0 * sl * om + r.d0 * (1.0 - xi) * (1.0 - xi);
-            y[row + s] = r.yk + r.h * num * (1.0 / den);
-            part += 2.0 * log(sl) + log(m) - 2.0 * log(den);
+            let r = evaluate(xv, crow + s);
+            y[row + s] = r.yk + r.h * r.num * (1.0 / r.den);
+            part += 2.0 * log(r.sl) + log(r.m) - 2.0 * log(r.den);
         }
     }
     let total = tree_sum(lid, part);
@@ -181,14 +190,9 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
             }
             continue;
         }
-        let r = find_bin(xv, base);
-        let iw = 1.0 / r.w;
-        let sl = r.h * iw;
-        let xi = (xv - r.xk) * iw;
-        let om = xi * (1.0 - xi);
-        let num = sl * xi * xi + r.d0 * om;
-        let den = sl + (r.d0 + r.d1 - 2.0 * sl) * om;
-        let m = r.d1 * xi * xi + 2.0 * sl * om + r.d0 * (1.0 - xi) * (1.0 - xi);
+        let r = evaluate(xv, base);
+        let iw = r.iw; let sl = r.sl; let xi = r.xi; let om = r.om;
+        let num = r.num; let den = r.den; let m = r.m;
         let iden = 1.0 / den;
         let im = 1.0 / m;
         let iden2 = iden * iden;

@@ -150,20 +150,58 @@ pub mod reference {
         (b, xk, yk)
     }
 
-    /// The spline at one site: y and log dy/dx. `raw` holds the site's 3K - 1 channels.
-    pub fn site(x: f64, raw: &[f64], k: usize, bound: f64) -> (f64, f64) {
-        if x <= -bound || x >= bound {
-            return (x, 0.0);
-        }
+    /// The rational quadratic of the bin b holding x (inside [-B, B]): its left knot yk,
+    /// width w, height h, end slopes d0, d1, and its terms at x: xi = (x - xk) / w, s = h / w,
+    /// om = xi (1 - xi); y = yk + h num / den and dy/dx = s^2 m / den^2.
+    struct Eval {
+        kn: Knots,
+        b: usize,
+        yk: f64,
+        w: f64,
+        h: f64,
+        d0: f64,
+        d1: f64,
+        s: f64,
+        xi: f64,
+        om: f64,
+        num: f64,
+        den: f64,
+        m: f64,
+    }
+
+    fn evaluate(x: f64, raw: &[f64], k: usize, bound: f64) -> Eval {
         let kn = knots(raw, k, bound);
         let (b, xk, yk) = bin(x, &kn, bound);
         let (w, h, d0, d1) = (kn.w[b], kn.h[b], kn.d[b], kn.d[b + 1]);
         let (s, xi) = (h / w, (x - xk) / w);
         let om = xi * (1.0 - xi);
-        let num = s * xi * xi + d0 * om;
-        let den = s + (d0 + d1 - 2.0 * s) * om;
-        let m = d1 * xi * xi + 2.0 * s * om + d0 * (1.0 - xi) * (1.0 - xi);
-        (yk + h * num / den, 2.0 * s.ln() + m.ln() - 2.0 * den.ln())
+        Eval {
+            num: s * xi * xi + d0 * om,
+            den: s + (d0 + d1 - 2.0 * s) * om,
+            m: d1 * xi * xi + 2.0 * s * om + d0 * (1.0 - xi) * (1.0 - xi),
+            kn,
+            b,
+            yk,
+            w,
+            h,
+            d0,
+            d1,
+            s,
+            xi,
+            om,
+        }
+    }
+
+    /// The spline at one site: y and log dy/dx. `raw` holds the site's 3K - 1 channels.
+    pub fn site(x: f64, raw: &[f64], k: usize, bound: f64) -> (f64, f64) {
+        if x <= -bound || x >= bound {
+            return (x, 0.0);
+        }
+        let e = evaluate(x, raw, k, bound);
+        (
+            e.yk + e.h * e.num / e.den,
+            2.0 * e.s.ln() + e.m.ln() - 2.0 * e.den.ln(),
+        )
     }
 
     /// dL/dx and dL/d(raw) at one site, given dL/dy and dL/d(log dy/dx).
@@ -179,14 +217,22 @@ pub mod reference {
         if x <= -bound || x >= bound {
             return (gy, g);
         }
-        let kn = knots(raw, k, bound);
-        let (b, xk, _) = bin(x, &kn, bound);
-        let (w, h, d0, d1) = (kn.w[b], kn.h[b], kn.d[b], kn.d[b + 1]);
-        let (s, xi) = (h / w, (x - xk) / w);
-        let om = xi * (1.0 - xi);
-        let num = s * xi * xi + d0 * om;
-        let den = s + (d0 + d1 - 2.0 * s) * om;
-        let m = d1 * xi * xi + 2.0 * s * om + d0 * (1.0 - xi) * (1.0 - xi);
+        let e = evaluate(x, raw, k, bound);
+        let Eval {
+            ref kn,
+            b,
+            w,
+            h,
+            d0,
+            d1,
+            s,
+            xi,
+            om,
+            num,
+            den,
+            m,
+            ..
+        } = e;
         let den2 = den * den;
         // Partials in (xi, s, d0, d1, h) with the others fixed.
         let (num_xi, den_xi) = (
