@@ -23,6 +23,8 @@ struct Case {
     bound: f64,
     final_act: Act,
     precision: Precision,
+    /// A zero net output (the identity start) instead of a random one.
+    zero: bool,
     seed: u64,
 }
 
@@ -35,6 +37,7 @@ fn case(nd: usize, l: usize, parity: u32, bins: usize, final_act: Act, seed: u64
         bound: 3.0,
         final_act,
         precision: Precision::F32,
+        zero: false,
         seed,
     }
 }
@@ -53,7 +56,11 @@ fn run(t: Case) {
     );
     let mut r = rng(t.seed);
     let x = rounded(&uniform(&mut r, batch * v, -1.2 * bound, 1.2 * bound));
-    let st_pre = uniform(&mut r, c * batch * v, -1.5, 1.5);
+    let st_pre = if t.zero {
+        vec![0.0; c * batch * v]
+    } else {
+        uniform(&mut r, c * batch * v, -1.5, 1.5)
+    };
     let act = |u: &[f64]| -> Vec<f64> { u.iter().map(|&s| t.final_act.apply(s)).collect() };
     let st = rounded_as(&act(&st_pre), t.precision);
     let logq0 = rounded(&uniform(&mut r, batch, -10.0, 10.0));
@@ -102,6 +109,24 @@ fn run(t: Case) {
 
     let (y_ref, logj) = reference::forward(&x, &st, &mask, batch, k, bound);
     check(&format!("{label} forward y"), &read(&by), &y_ref, 256.0 * U);
+    if t.zero {
+        // The identity map: y = x, log J = 0, in the reference and on the GPU.
+        check(&format!("{label} reference y = x"), &y_ref, &x, 1e-12);
+        check(
+            &format!("{label} reference log J"),
+            &logj,
+            &vec![0.0; batch],
+            1e-12,
+        );
+        check(&format!("{label} y = x"), &read(&by), &x, 16.0 * U);
+        let got = read(&blogq);
+        check(
+            &format!("{label} log q unchanged"),
+            &got,
+            &logq0,
+            8.0 * v as f64 * U,
+        );
+    }
     let logq_ref: Vec<f64> = logq0.iter().zip(&logj).map(|(a, b)| a - b).collect();
     check(
         &format!("{label} forward log q"),
@@ -197,51 +222,10 @@ fn spline_f16_storage() {
 /// y = x and log J = 0, on the GPU and in the reference.
 #[test]
 fn spline_zero_output_is_identity() {
-    let g = gpu();
-    let lat = Lattice::new(2, 8);
-    let v = lat.volume();
-    let (batch, k, bound) = (3, 8, 3.0);
-    let c = channels(k);
-    let x = rounded(&uniform(&mut rng(500), batch * v, -4.0, 4.0));
-    let st = vec![0.0; c * batch * v];
-    let mask = lat.mask(0);
-    let (y_ref, logj) = reference::forward(&x, &st, &mask, batch, k, bound);
-    check("spline identity reference y", &y_ref, &x, 1e-12);
-    check("spline identity reference log J", &logj, &[0.0; 3], 1e-12);
-
-    let lb = LatticeBuffers::new(g, lat, &[]).unwrap();
-    let (bx, bst, by, blogq) = (
-        upload("x", &x),
-        upload("st", &st),
-        g.storage("y", batch * v).unwrap(),
-        upload("logq", &[0.0; 3]),
-    );
-    let spline = Spline::new(
-        g,
-        SplineSpec {
-            batch,
-            volume: v,
-            parity: 0,
-            bins: k,
-            bound,
-            final_act: Act::None,
-        },
-        &CouplingBuffers {
-            lattice: &lb,
-            x: &bx,
-            st: &bst,
-            y: &by,
-            logq: &blogq,
-            grad: None,
-        },
-    )
-    .unwrap();
-    g.run(&[&spline.forward]).unwrap();
-    check("spline identity y", &read(&by), &x, 16.0 * U);
-    check(
-        "spline identity log q",
-        &read(&blogq),
-        &[0.0; 3],
-        8.0 * v as f64 * U,
-    );
+    for (parity, bins) in [(0, 8), (1, 3)] {
+        run(Case {
+            zero: true,
+            ..case(2, 8, parity, bins, Act::None, 500 + parity as u64)
+        });
+    }
 }
