@@ -32,7 +32,7 @@ use crate::kernels::coupling_layer::{
 };
 use crate::kernels::prior::{Prior, PriorSpec};
 use crate::kernels::reduce;
-use crate::kernels::spline::{Spline, SplineSpec};
+use crate::kernels::spline::SplineSpec;
 use crate::kernels::tiling::ConvTiling;
 use crate::kernels::z2::{Combine, Mirror, Z2Spec};
 use anyhow::{Context, Result};
@@ -177,9 +177,8 @@ impl TapeSpec {
 pub enum Op {
     Prior(Prior),
     Conv(Conv),
+    /// An affine or spline coupling's transform.
     Coupling(Coupling),
-    /// A rational-quadratic spline coupling (`kernels::spline`).
-    Spline(Spline),
     Action(Action),
     Loss(Dispatch),
     /// A symmetrised coupling's [x; -x] and (s, t) (`kernels::z2`).
@@ -202,7 +201,6 @@ impl Op {
             Op::Prior(p) => &p.sample,
             Op::Conv(c) => &c.forward,
             Op::Coupling(c) => &c.forward,
-            Op::Spline(c) => &c.forward,
             Op::Mirror(m) => &m.forward,
             Op::Combine(c) => &c.forward,
             Op::Mean(_) => return None,
@@ -225,7 +223,6 @@ impl Op {
         let list: &[Dispatch] = match self {
             Op::Conv(c) => &c.backward,
             Op::Coupling(c) => c.backward.as_slice(),
-            Op::Spline(c) => c.backward.as_slice(),
             Op::Mirror(m) => m.backward.as_slice(),
             Op::Combine(c) => c.backward.as_slice(),
             Op::Mean(m) => std::slice::from_ref(&m.backward),
@@ -247,7 +244,6 @@ impl Op {
             Op::Prior(_) => "prior",
             Op::Conv(_) => "conv",
             Op::Coupling(_) => "coupling",
-            Op::Spline(_) => "spline coupling",
             Op::Mirror(_) => "z2 mirror",
             Op::Combine(_) => "z2 combine",
             Op::Mean(_) => "combi mean",
@@ -908,7 +904,7 @@ fn wire_per_kernel(
         }),
     };
     let (batch, volume, parity) = (spec.batch, spec.flow.lattice.volume(), net.parity);
-    ops.push(match net.coupling {
+    ops.push(Op::Coupling(match net.coupling {
         CouplingKind::Spline { bins, bound } => {
             let s = SplineSpec {
                 batch,
@@ -918,7 +914,7 @@ fn wire_per_kernel(
                 bound,
                 final_act,
             };
-            Op::Spline(Spline::new(gpu, s, &cb)?)
+            Coupling::spline(gpu, s, &cb)?
         }
         CouplingKind::Affine | CouplingKind::AffineZ2 => {
             let s = CouplingSpec {
@@ -927,9 +923,9 @@ fn wire_per_kernel(
                 parity,
                 final_act,
             };
-            Op::Coupling(Coupling::new(gpu, s, &cb)?)
+            Coupling::new(gpu, s, &cb)?
         }
-    });
+    }));
     Ok(ops)
 }
 

@@ -8,8 +8,8 @@
 
 use crate::common::*;
 use gomaflow_wgpu::gpu::Precision;
-use gomaflow_wgpu::kernels::coupling::{CouplingBuffers, CouplingGrads};
-use gomaflow_wgpu::kernels::spline::{Spline, SplineSpec, channels, reference};
+use gomaflow_wgpu::kernels::coupling::{Coupling, CouplingBuffers, CouplingGrads};
+use gomaflow_wgpu::kernels::spline::{SplineSpec, channels, reference};
 use gomaflow_wgpu::kernels::{Act, LatticeBuffers};
 use gomaflow_wgpu::lattice::Lattice;
 
@@ -79,7 +79,7 @@ fn run(t: Case) {
         g.activations("gst", c * batch * v, t.precision).unwrap(),
         upload("glogq", &glogq),
     );
-    let spline = Spline::new(
+    let spline = Coupling::spline(
         g,
         SplineSpec {
             batch,

@@ -34,13 +34,17 @@ pub struct CouplingGrads<'a> {
     pub glogq: &'a GpuBuffer,
 }
 
+/// A coupling transform as the tape records it: its forward and (training) backward dispatch,
+/// one workgroup per sample. The affine family (`coupling.wgsl`) is built by `new`, the spline
+/// family (`spline.wgsl`) by `Coupling::spline` (`kernels::spline`); both bind the same
+/// buffers, the net's output `st` with as many channels per site as the family reads.
 pub struct Coupling {
-    pub spec: CouplingSpec,
     pub forward: Dispatch,
     pub backward: Option<Dispatch>,
 }
 
 impl Coupling {
+    /// The affine coupling.
     pub fn new(gpu: &Gpu, spec: CouplingSpec, b: &CouplingBuffers) -> Result<Coupling> {
         let kernel = KernelSpec::new(Shader::Coupling, "forward")
             .with("WG", reduction_workgroup(spec.volume))
@@ -49,28 +53,13 @@ impl Coupling {
             .with_type("HS", b.st.precision);
         let u = MaskedParams::new(spec.batch, spec.volume, spec.parity);
         let flops = 3.0 * (spec.batch * spec.volume) as f64;
-        let Dispatches { forward, backward } =
-            Dispatches::new(gpu, kernel, bytemuck::bytes_of(&u), b, spec.batch, 2, flops)?;
-        Ok(Coupling {
-            spec,
-            forward,
-            backward,
-        })
+        Self::build(gpu, kernel, bytemuck::bytes_of(&u), b, spec.batch, 2, flops)
     }
-}
 
-/// The forward and backward dispatches of a coupling transform family (`coupling.wgsl`,
-/// `spline.wgsl`): one workgroup per sample, the same bindings, the net's output `st` with
-/// `channels` channels per site.
-pub(crate) struct Dispatches {
-    pub forward: Dispatch,
-    pub backward: Option<Dispatch>,
-}
-
-impl Dispatches {
-    /// `kernel` names the family and its constants (at entry `forward`), `uniform` its
-    /// parameter block; `flops` the forward's work (the backward's is taken as 3x).
-    pub fn new(
+    /// A family's two dispatches: `kernel` names the family and its constants (at entry
+    /// `forward`), `uniform` its parameter block, `channels` the net's outputs per site;
+    /// `flops` the forward's work (the backward's is taken as 3x).
+    pub(crate) fn build(
         gpu: &Gpu,
         kernel: KernelSpec,
         uniform: &[u8],
@@ -78,7 +67,7 @@ impl Dispatches {
         batch: usize,
         channels: usize,
         flops: f64,
-    ) -> Result<Dispatches> {
+    ) -> Result<Coupling> {
         let n = batch * b.lattice.lattice.volume();
         let mut sizes = vec![(b.x, n), (b.y, n), (b.st, channels * n), (b.logq, batch)];
         if let Some(g) = &b.grad {
@@ -130,7 +119,7 @@ impl Dispatches {
                 .with_work(3.0 * flops, 2.0 * bytes),
             ),
         };
-        Ok(Dispatches { forward, backward })
+        Ok(Coupling { forward, backward })
     }
 }
 

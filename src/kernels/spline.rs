@@ -8,8 +8,8 @@
 //! output is zero (the identity start) gives equal bins and unit slopes: the identity map.
 
 use super::{Act, reduction_workgroup};
-use crate::gpu::{Dispatch, Gpu, KernelSpec, Shader};
-use crate::kernels::coupling::{CouplingBuffers, Dispatches};
+use crate::gpu::{Gpu, KernelSpec, Shader};
+use crate::kernels::coupling::{Coupling, CouplingBuffers};
 use anyhow::Result;
 
 /// The smallest bin width and height, as a fraction of 2B: no bin collapses.
@@ -52,16 +52,10 @@ struct Params {
     bound: f32,
 }
 
-pub struct Spline {
-    pub spec: SplineSpec,
-    pub forward: Dispatch,
-    pub backward: Option<Dispatch>,
-}
-
-impl Spline {
-    /// `b.st` is the net's output [batch, 3K - 1, site]; everything else as the affine
-    /// coupling's (`kernels::coupling`).
-    pub fn new(gpu: &Gpu, spec: SplineSpec, b: &CouplingBuffers) -> Result<Spline> {
+impl Coupling {
+    /// The spline coupling. `b.st` is the net's output [batch, 3K - 1, site]; everything else
+    /// as the affine coupling's.
+    pub fn spline(gpu: &Gpu, spec: SplineSpec, b: &CouplingBuffers) -> Result<Coupling> {
         anyhow::ensure!(spec.bins >= 2, "a spline coupling needs at least 2 bins");
         let n = spec.batch * spec.volume;
         let c = channels(spec.bins);
@@ -79,13 +73,7 @@ impl Spline {
         // Per active site: two softmaxes and a bin search (~6K flops), the rational quadratic
         // (~30); backward about three times that.
         let flops = (6 * spec.bins + 30) as f64 * n as f64 / 2.0;
-        let Dispatches { forward, backward } =
-            Dispatches::new(gpu, kernel, bytemuck::bytes_of(&u), b, spec.batch, c, flops)?;
-        Ok(Spline {
-            spec,
-            forward,
-            backward,
-        })
+        Coupling::build(gpu, kernel, bytemuck::bytes_of(&u), b, spec.batch, c, flops)
     }
 }
 
