@@ -347,6 +347,15 @@ pub fn train(
             gpu.describe()
         ),
     );
+    let pretrained = t.pretrained.trim();
+    if !opts.resume && !pretrained.is_empty() {
+        say(
+            &pb,
+            format!(
+                "starting from the weights of {pretrained} ([training].pretrained; Adam's moments start at zero)"
+            ),
+        );
+    }
     let mut last_acc = rows.last().map(|r| r.acceptance_rate).unwrap_or(f64::NAN);
 
     while evaluated < epochs {
