@@ -202,23 +202,15 @@ fn warm_start_from_a_smaller_lattice() {
         );
     let large = load(&dir, &large_text);
     run(&large, dir.join("large"), false, None, &never);
-    let warm = params(&dir.join("large"), &large);
-    let cold = FlowSpec::from_config(&large).init_params(large.model.seed);
-    let max_diff = |a: &[f32], b: &[f32]| {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max)
-    };
-    eprintln!(
-        "CHECK warm start L 4 -> L 6: max |warm - L 4 flow| {:.1e}, max |L 4 flow - seeded init| {:.3}",
-        max_diff(&warm, &trained),
-        max_diff(&trained, &cold)
-    );
-    assert!(max_diff(&warm, &trained) < 1e-6);
+    let f64s = |p: Vec<f32>| p.into_iter().map(f64::from).collect::<Vec<f64>>();
+    let warm = f64s(params(&dir.join("large"), &large));
+    let trained = f64s(trained);
+    let cold = f64s(FlowSpec::from_config(&large).init_params(large.model.seed));
+    check("warm start L 4 -> L 6: weights", &warm, &trained, 1e-6);
     // Training moved the weights, so the check above tells the two starts apart.
-    assert!(max_diff(&trained, &cold) > 1e-3);
+    let moved = max_err(&trained, &cold);
+    eprintln!("CHECK the L 4 flow's weights are {moved:.3} from the seeded start");
+    assert!(moved > 1e-3);
 
     let missing = large_text.replace(
         &dir.join("small").display().to_string(),
