@@ -72,11 +72,24 @@ CONF
 export SLURM_CONF="$work/slurm.conf"
 
 stop() {
+    local rc=$? pid
     for p in slurmd slurmctld munge/munged; do
-        [ -f "$work/$p.pid" ] && $SUDO kill "$(cat "$work/$p.pid")" 2>/dev/null || true
+        pid=$(cat "$work/$p.pid" 2>/dev/null) || continue
+        $SUDO kill "$pid" 2>/dev/null || continue
+        # A daemon writes on its way out (munged its seed file into munge-key/): wait until it
+        # has gone before removing the directory, or rm races it.
+        for _ in $(seq 100); do
+            $SUDO kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     done
-    # The run directory stays for inspection with KEEP=1.
-    [ -n "${KEEP:-}" ] && echo "kept $work" || $SUDO rm -rf "$work"
+    # The run directory stays for inspection with KEEP=1. Cleaning up never changes the verdict.
+    if [ -n "${KEEP:-}" ]; then
+        echo "kept $work"
+    else
+        $SUDO rm -rf "$work" || echo "warning: could not remove $work" >&2
+    fi
+    exit "$rc"
 }
 trap stop EXIT
 $SUDO env SLURM_CONF="$SLURM_CONF" slurmctld
