@@ -15,7 +15,7 @@ BIN=target/release/gomaflow-wgpu
 cargo build --release -q
 # name | our config | steps | pytorch args
 while IFS='|' read -r name cfg steps args; do
-  ours=$($BIN bench "$cfg" --json --steps "$steps" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["train_step_s"], j["adapter"])')
+  ours=$($BIN bench "$cfg" --json --step-only --steps "$steps" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["train_step_s"], j["adapter"])')
   if [ -n "$args" ]; then
     # shellcheck disable=SC2086
     theirs=$("$PY" "$PEER" $args --steps "$steps" --threads "$THREADS" --device "$DEVICE" 2>/dev/null |

@@ -49,7 +49,8 @@ pub struct BenchReport {
     pub fused_layers: bool,
     /// Useful GFLOP of the convolutions of one step (forward and both backwards).
     pub step_gflop: f64,
-    pub sample_per_s: f64,
+    /// Proposals per second at `sample_batch` (`None` with `--step-only`).
+    pub sample_per_s: Option<f64>,
     pub sample_batch: usize,
     pub memory_bytes: u64,
     /// The storage of the activations ("f32" or "f16") and the training tape's bytes of them.
@@ -77,6 +78,8 @@ pub struct BenchOptions {
     pub fusion: Fusion,
     /// How the convolutions' tilings are chosen (`crate::tune`).
     pub tune: TuneMode,
+    /// Time the training step only (the kernel table stays empty, the sampling rate `None`).
+    pub step_only: bool,
 }
 
 impl Default for BenchOptions {
@@ -88,6 +91,7 @@ impl Default for BenchOptions {
             sample_batches: 4,
             fusion: Fusion::Auto,
             tune: TuneMode::Off,
+            step_only: false,
         }
     }
 }
@@ -143,7 +147,11 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
 
     // Each kernel alone, in step order.
     let dispatches = tape.step_dispatches();
-    let times = gpu.time_dispatches(&dispatches, o.reps)?;
+    let times = if o.step_only {
+        vec![]
+    } else {
+        gpu.time_dispatches(&dispatches, o.reps)?
+    };
     let mut groups: BTreeMap<String, (usize, Vec<f64>, f64, f64)> = BTreeMap::new();
     for (d, t) in dispatches.iter().zip(&times) {
         let e = groups
@@ -169,22 +177,19 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     kernels.sort_by(|a, b| b.step_s.total_cmp(&a.step_s));
     let kernels_sum_s = times.iter().sum();
 
-    // Proposals per second at the sampling batch.
+    // Proposals per second at the sampling batch (its tape is built either way: its memory
+    // counts).
     let proposer = Proposer::from_spec(gpu, sample_spec, &params)
         .with_context(|| cfg.sizes("--batch", o.sample_batch))?;
-    // Warm-up batch; where one batch already takes long (large lattices on a CPU adapter),
-    // it is the measurement, and otherwise as many batches as fit in about 10 s are timed.
-    let s = Instant::now();
-    proposer.draw(gpu, 0, o.sample_batch, false, |_| {})?;
-    let first = s.elapsed().as_secs_f64();
-    let sample_per_s = if first > SAMPLE_SECONDS {
-        o.sample_batch as f64 / first
+    let sample_per_s = if o.step_only {
+        None
     } else {
-        let batches = ((SAMPLE_SECONDS / first) as usize).clamp(1, o.sample_batches);
-        let n = o.sample_batch * batches;
-        let s = Instant::now();
-        proposer.draw(gpu, 1, n, false, |_| {})?;
-        n as f64 / s.elapsed().as_secs_f64()
+        Some(sample_rate(
+            gpu,
+            &proposer,
+            o.sample_batch,
+            o.sample_batches,
+        )?)
     };
 
     let info = &gpu.info;
@@ -215,6 +220,24 @@ pub fn run(gpu: &Gpu, cfg: &Config, name: &str, o: &BenchOptions) -> Result<Benc
     })
 }
 
+/// Proposals per second of a sampling tape at `batch`: a warm-up batch, then as many of at
+/// most `batches` as fit in about 10 s; where one batch already takes longer (large lattices on
+/// a CPU adapter), the warm-up is the measurement.
+fn sample_rate(gpu: &Gpu, proposer: &Proposer, batch: usize, batches: usize) -> Result<f64> {
+    let s = Instant::now();
+    proposer.draw(gpu, 0, batch, false, |_| {})?;
+    let first = s.elapsed().as_secs_f64();
+    Ok(if first > SAMPLE_SECONDS {
+        batch as f64 / first
+    } else {
+        let batches = ((SAMPLE_SECONDS / first) as usize).clamp(1, batches);
+        let n = batch * batches;
+        let s = Instant::now();
+        proposer.draw(gpu, 1, n, false, |_| {})?;
+        n as f64 / s.elapsed().as_secs_f64()
+    })
+}
+
 /// The human-readable table.
 pub fn print(r: &BenchReport) {
     println!(
@@ -242,23 +265,29 @@ pub fn print(r: &BenchReport) {
         r.step_gflop,
         r.step_gflop / r.train_step_s
     );
-    println!(
-        "sampling {:.0} proposals/s (batch {}); planned memory {:.2} MiB, of which training \
-         activations {:.2} MiB ({})",
-        r.sample_per_s,
-        r.sample_batch,
+    let memory = format!(
+        "planned memory {:.2} MiB, of which training activations {:.2} MiB ({})",
         r.memory_bytes as f64 / (1 << 20) as f64,
         r.activation_bytes as f64 / (1 << 20) as f64,
         r.precision
     );
-    println!(
-        "kernels timed alone sum to {:.3} ms per step:",
-        r.kernels_sum_s * 1e3
-    );
-    println!(
-        "  {:>9} {:>6} {:>10} {:>8} {:>8}  kernel",
-        "ms/step", "calls", "us/call", "GFLOP/s", "GB/s"
-    );
+    match r.sample_per_s {
+        Some(rate) => println!(
+            "sampling {rate:.0} proposals/s (batch {}); {memory}",
+            r.sample_batch
+        ),
+        None => println!("{memory}"),
+    }
+    if !r.kernels.is_empty() {
+        println!(
+            "kernels timed alone sum to {:.3} ms per step:",
+            r.kernels_sum_s * 1e3
+        );
+        println!(
+            "  {:>9} {:>6} {:>10} {:>8} {:>8}  kernel",
+            "ms/step", "calls", "us/call", "GFLOP/s", "GB/s"
+        );
+    }
     for k in &r.kernels {
         println!(
             "  {:>9.3} {:>6} {:>10.1} {:>8.2} {:>8.2}  {}",

@@ -482,3 +482,38 @@ fn bench_reports_the_step_and_its_kernels() {
             .any(|k| k["name"].as_str().unwrap().starts_with("conv.forward"))
     );
 }
+
+/// `bench --step-only` times the training step and nothing else: no kernel table, no sampling
+/// rate (null in the JSON), the planned memory still counted.
+#[test]
+fn bench_step_only_times_the_step_alone() {
+    let dir = tmpdir("cli-bench-step");
+    let cfg = small(&dir, "b.toml", 1, "");
+    let o = run(&[
+        "bench",
+        cfg.to_str().unwrap(),
+        "--json",
+        "--steps",
+        "2",
+        "--step-only",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert!(j["train_step_s"].as_f64().unwrap() > 0.0);
+    assert!(j["sample_per_s"].is_null(), "{}", j["sample_per_s"]);
+    assert!(j["kernels"].as_array().unwrap().is_empty());
+    assert!(j["memory_bytes"].as_u64().unwrap() > 0);
+    let o = run(&[
+        "bench",
+        cfg.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--step-only",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("training step") && !out.contains("proposals/s"),
+        "{out}"
+    );
+}

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// sum, log q, the action, the weights and Adam stay f32).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Time only the training step: no per-kernel table and no sampling rate (on large
+    /// configs on a CPU adapter those take minutes).
+    #[arg(long)]
+    pub step_only: bool,
 }
 
 /// `--fusion`: the command line's spelling of `tape::Fusion` (so that the tape needs no clap);
@@ -82,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         steps: args.steps as usize,
         fusion: args.fusion.into(),
         tune: args.tune,
+        step_only: args.step_only,
         ..Default::default()
     };
     let report = bench::run(&gpu, &cfg, &name, &opts)?;
